@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routes: thin — parse, call the store or the connection, shape the answer."""

@@ -1,0 +1,74 @@
+"""The ASGI app: ``create_app`` builds it; its lifespan owns the engine, the store, providers and tasks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection
+
+from parley.auth import TokenVerifier
+from parley.config import Settings
+from parley.providers.base import ModelRegistry, Provider
+from parley.providers.demo import DemoProvider
+from parley.store.db import create_engine, migrate
+from parley.store.repository import Store
+from parley.tasks import Supervisor
+from parley.turn import TurnServices
+
+log = logging.getLogger("parley.app")
+
+
+@dataclass
+class Runtime:
+    """Everything the lifespan built, handed to routes through ``app.state.runtime``."""
+
+    settings: Settings
+    verifier: TokenVerifier
+    services: TurnServices
+    supervisor: Supervisor
+
+    @property
+    def store(self) -> Store:
+        return self.services.store
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    return {"demo": DemoProvider()}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    verifier = TokenVerifier.from_settings(settings)  # fail at build time, not at the first request
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await migrate(engine)
+            registry = ModelRegistry(build_providers(settings), dev=settings.dev)
+            services = TurnServices(settings=settings, store=Store(engine), registry=registry)
+            runtime = Runtime(settings, verifier, services, Supervisor())
+            app.state.runtime = runtime
+            yield
+            await runtime.supervisor.drain(settings.shutdown_grace_s)
+        finally:
+            await engine.dispose()
+
+    from parley.api.health import router as health_router
+    from parley.api.sessions import router as sessions_router
+    from parley.api.websocket import router as websocket_router
+
+    app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
+    app.include_router(health_router)
+    app.include_router(sessions_router, prefix="/api/v1")
+    app.include_router(websocket_router)
+    return app
+
+
+def runtime_of(connection: HTTPConnection) -> Runtime:
+    runtime: Runtime = connection.app.state.runtime
+    return runtime

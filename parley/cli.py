@@ -1,0 +1,90 @@
+"""The ``parley`` command: ``serve``, ``token`` and ``migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from parley.auth import mint_token
+from parley.config import Settings
+from parley.store.db import create_engine, migrate
+
+DEV_TOKEN_TTL_S = 7 * 24 * 3600
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="parley", description="Parley chat backend")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument("--dev", action="store_true", help="dev mode: generated secret, demo model stand-in")
+
+    token = commands.add_parser("token", help="print a signed token for a customer")
+    token.add_argument("--customer-id", required=True, help="the customer the token speaks for")
+    token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until it expires (default 86400)")
+
+    commands.add_parser("migrate", help="apply the database migrations")
+
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.command == "serve":
+        return _serve(settings, args)
+    if args.command == "token":
+        print(_token(settings, args.customer_id, args.ttl))
+        return 0
+    asyncio.run(_migrate(settings))
+    print(f"migrated {settings.resolved_database_url.split('@')[-1]}")
+    return 0
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from parley.app import create_app
+    from parley.server import ParleyServer
+
+    updates = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    if args.dev:
+        updates["dev"] = True
+    settings = settings.model_copy(update=updates)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
+    if settings.dev:
+        token = _token(settings, "1", DEV_TOKEN_TTL_S)
+        base = f"{settings.host}:{settings.port}"
+        print(
+            f"\nParley dev server on http://{base} (database: {settings.resolved_database_url})\n"
+            f"A token for customer 1, valid 7 days:\n\n  {token}\n\n"
+            f"Try it:  JWT_TOKEN={token} python tests/manual/test_session_persistence_manual.py\n",
+            flush=True,
+        )
+    ParleyServer(app, settings).run()
+    return 0
+
+
+def _token(settings: Settings, customer_id: str, ttl_s: int) -> str:
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value()
+    else:
+        secret = settings.ensure_dev_secret()
+    return mint_token(secret, customer_id, ttl_s, settings.jwt_audience, settings.jwt_issuer)
+
+
+async def _migrate(settings: Settings) -> None:
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

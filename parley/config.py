@@ -1,0 +1,77 @@
+"""Settings: environment variables with the ``PARLEY_`` prefix, or a ``.env`` file."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Dialect = Literal["camel", "snake"]
+
+DEV_SECRET_FILE = "jwt_secret"
+
+
+class Settings(BaseSettings):
+    """Everything Parley can be told from outside. Defaults are the PROTOCOL's limits."""
+
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", env_file=".env", extra="ignore")
+
+    dev: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    data_dir: Path = Path(".parley")
+    database_url: str | None = None
+
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = Field(default=None, description="RS256 public key (PEM text or a file path)")
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+
+    event_dialect: Dialect = "camel"
+
+    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_prompt_chars: int = Field(default=100_000, ge=1)
+    max_queued_requests: int = Field(default=8, ge=0)
+    idle_timeout_s: float = Field(default=30 * 60, gt=0)
+    send_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    send_stall_timeout_s: float = Field(default=10.0, gt=0)
+    checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    ws_ping_interval_s: float | None = 20.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'parley.db').resolve()}"
+
+    def signing_secret(self) -> str | None:
+        """The HS256 secret: configured, else (dev mode) the one kept in the data directory."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        path = self.data_dir / DEV_SECRET_FILE
+        if path.exists():
+            return path.read_text().strip()
+        return None
+
+    def ensure_dev_secret(self) -> str:
+        """Return the dev secret, creating it (mode 0600) the first time."""
+        existing = self.signing_secret()
+        if existing is not None:
+            return existing
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / DEV_SECRET_FILE
+        value = secrets.token_urlsafe(48)
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+        return value
+
+    def public_key_pem(self) -> str | None:
+        key = self.jwt_public_key
+        if key is None or "BEGIN" in key:
+            return key
+        return Path(key).read_text()

@@ -1,0 +1,1 @@
+"""Model providers: the interface, the registry that routes model names, and the adapters."""

@@ -1,0 +1,1 @@
+"""Persistence: tables, the engine, repository functions and Alembic migrations."""

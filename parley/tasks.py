@@ -1,0 +1,57 @@
+"""The owner of every background task: connection workers and the turns they run outlive their sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+log = logging.getLogger("parley.tasks")
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Supervisor:
+    """Spawns, tracks and, at shutdown, drains then cancels the app's background work."""
+
+    def __init__(self) -> None:
+        self.accepting = True
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.running: set[Cancellable] = set()  # turns in progress, for shutdown to stop
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=exc)
+
+    @property
+    def busy(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking turns; let running ones finish for ``grace_s``; then cancel, persist and await them."""
+        self.accepting = False
+        if self._tasks:
+            log.info("waiting up to %.0fs for %d running turn(s) to finish", grace_s, len(self.running))
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        if self.running:
+            log.warning(
+                "grace period over: cancelling %d turn(s); their partial answers are kept", len(self.running)
+            )
+            for turn in list(self.running):
+                turn.cancel()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=10)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)

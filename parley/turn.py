@@ -1,0 +1,320 @@
+"""One chat turn, start to finish: validate → persist the question → stream the model → persist → events.
+
+A turn knows nothing of sockets: it writes events to a ``Channel``, which the connection drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from parley.auth import Identity
+from parley.config import Dialect, Settings
+from parley.errors import (
+    DatabaseFailed,
+    Forbidden,
+    LimitExceeded,
+    ParleyError,
+    ProviderFailed,
+    ValidationFailed,
+)
+from parley.protocol import ChatRequest, TurnEmitter, TurnStatus, describe_validation_error, join_text
+from parley.providers.base import (
+    ChatMessage,
+    ModelRegistry,
+    ProviderRequest,
+    ReasoningDelta,
+    Resolved,
+    TextDelta,
+    Usage,
+)
+from parley.store.repository import Store, TurnRecord
+
+log = logging.getLogger("parley.turn")
+
+DEFAULT_MODEL = "demo"
+
+
+class Channel(Protocol):
+    """Where a turn's encoded events go. ``congested`` asks the turn to ``wait_ready`` before more."""
+
+    congested: bool
+
+    def push(self, data: str) -> None: ...
+
+    async def wait_ready(self) -> None: ...
+
+
+@dataclass
+class TurnServices:
+    """What every turn needs; built once by the app's lifespan."""
+
+    settings: Settings
+    store: Store
+    registry: ModelRegistry
+
+
+@dataclass
+class Answer:
+    """The answer as streamed so far; ``text`` is exactly the deltas sent (invariant 11)."""
+
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def content(self) -> str:
+        return "".join(self.text)
+
+    @property
+    def reasoning_text(self) -> str | None:
+        return "".join(self.reasoning) if self.reasoning else None
+
+    def add_usage(self, usage: Usage) -> None:
+        if usage.input_tokens is not None:
+            self.usage["input_tokens"] = usage.input_tokens
+        if usage.output_tokens is not None:
+            self.usage["output_tokens"] = usage.output_tokens
+
+
+def request_id_of(raw: dict[str, Any]) -> str:
+    value = raw.get("request_id")
+    return value if isinstance(value, str) and value else uuid.uuid4().hex
+
+
+class Turn:
+    """A chat request from arrival to ``fullProcessComplete``."""
+
+    def __init__(
+        self, raw: dict[str, Any], identity: Identity, services: TurnServices, dialect: Dialect, out: Channel
+    ) -> None:
+        self.raw = raw
+        self.identity = identity
+        self.services = services
+        self.out = out
+        self.request_id = request_id_of(raw)
+        self.events = TurnEmitter(dialect, self.request_id, out.push)
+        self.cancel_requested = False
+        self._stream_task: asyncio.Task[None] | None = None
+
+    def cancel(self) -> None:
+        """Stop streaming now; before streaming starts, stop it from starting. After it, no effect."""
+        self.cancel_requested = True
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+
+    def refuse(self, error: ParleyError) -> None:
+        """End a turn that will not run (queue full, server shutting down) with its full bracket."""
+        self._announce()
+        self._fail(error)
+
+    async def run(self) -> TurnStatus:
+        resolved = self._announce()
+        try:
+            request, resolved = await self._validate(resolved)
+        except ParleyError as exc:
+            return self._fail(exc)
+        try:
+            record = await self._persist_question(request, resolved)
+        except DatabaseFailed as exc:
+            log.exception("turn %s: could not store the question", self.request_id)
+            return self._fail(exc)
+        self.events.session_id = str(record.session_id)
+        answer = Answer()
+        outcome = await self._stream(
+            self._provider_request(request, resolved, record), resolved, answer, record
+        )
+        return await self._finish(record, answer, outcome)
+
+    # -- stages ------------------------------------------------------------------------------------
+
+    def _announce(self) -> Resolved | ParleyError:
+        """Send ``working``; resolve the model on the way so the event can name the provider."""
+        settings = self.raw.get("user_settings")
+        text = settings.get("text") if isinstance(settings, dict) else None
+        model = text.get("model") if isinstance(text, dict) else None
+        model = model if isinstance(model, str) and model else DEFAULT_MODEL
+        request_type = self.raw.get("request_type")
+        try:
+            resolved: Resolved | ParleyError = self.services.registry.resolve(model)
+        except ParleyError as exc:
+            resolved = exc
+        provider = resolved.provider.name if isinstance(resolved, Resolved) else None
+        self.events.working(request_type if isinstance(request_type, str) else "text", model, provider)
+        return resolved
+
+    async def _validate(self, resolved: Resolved | ParleyError) -> tuple[ChatRequest, Resolved]:
+        try:
+            request = ChatRequest.model_validate(self.raw)
+        except ValidationError as exc:
+            raise ValidationFailed(f"Invalid request: {describe_validation_error(exc)}") from None
+        if request.customer_id is not None and str(request.customer_id) != self.identity.customer_id:
+            raise Forbidden("customer_id does not match the authenticated customer.")
+        prompt = request.prompt_text
+        if not prompt.strip():
+            raise ValidationFailed("The prompt is empty.", code="prompt_required")
+        limit = self.services.settings.max_prompt_chars
+        if len(prompt) > limit:
+            raise LimitExceeded(
+                f"The prompt has {len(prompt)} characters; the limit is {limit}.", code="prompt_too_long"
+            )
+        if isinstance(resolved, ParleyError):
+            raise resolved
+        resolved.provider.check_options(request.user_settings.text.options)
+        session_id = request.user_input.session_id
+        if (
+            session_id
+            and await self.services.store.find_session(self.identity.customer_id, session_id) is None
+        ):
+            raise ValidationFailed(f"Session {session_id[:64]!r} was not found.", code="session_not_found")
+        return request, resolved
+
+    async def _persist_question(self, request: ChatRequest, resolved: Resolved) -> TurnRecord:
+        session_id = request.user_input.session_id
+        return await self.services.store.start_turn(
+            customer_id=self.identity.customer_id,
+            session_id=uuid.UUID(session_id) if session_id else None,
+            prompt=request.prompt_text,
+            model=resolved.model,
+            provider=resolved.provider.name,
+            request_id=self.request_id,
+        )
+
+    def _provider_request(
+        self, request: ChatRequest, resolved: Resolved, record: TurnRecord
+    ) -> ProviderRequest:
+        text = request.user_settings.text
+        messages: list[ChatMessage] = []
+        if text.system_prompt:
+            messages.append(ChatMessage("system", text.system_prompt))
+        if request.user_input.session_id:
+            messages += [ChatMessage(m.role, m.content) for m in record.history]
+        else:
+            messages += [ChatMessage(m.role, join_text(m.content)) for m in request.user_input.chat_history]
+        messages.append(ChatMessage("user", request.prompt_text))
+        return ProviderRequest(resolved.model, messages, text.temperature, text.max_tokens, text.options)
+
+    async def _stream(
+        self, request: ProviderRequest, resolved: Resolved, answer: Answer, record: TurnRecord
+    ) -> TurnStatus | ParleyError:
+        if self.cancel_requested:
+            return "cancelled"
+        self._stream_task = asyncio.create_task(self._pump(request, resolved, answer))
+        checkpoints = Checkpointer(
+            self.services.store, record.ai_message_id, answer, self.services.settings.checkpoint_interval_s
+        )
+        try:
+            await asyncio.wait({self._stream_task})
+        except asyncio.CancelledError:
+            self._stream_task.cancel()
+            raise
+        finally:
+            await checkpoints.stop()
+        if self._stream_task.cancelled():
+            return "cancelled"
+        error = self._stream_task.exception()
+        if error is None:
+            return "completed"
+        return error if isinstance(error, ParleyError) else ProviderFailed("The model provider failed.")
+
+    async def _pump(self, request: ProviderRequest, resolved: Resolved, answer: Answer) -> None:
+        """Provider events → client events. The hot path: no database, no logging, no needless awaits."""
+        events, out = self.events, self.out
+        stream = resolved.provider.stream(request)
+        try:
+            async for item in stream:
+                if isinstance(item, TextDelta):
+                    if item.text:
+                        answer.text.append(item.text)
+                        answer.version += 1
+                        events.text(item.text)
+                elif isinstance(item, ReasoningDelta):
+                    if item.text:
+                        answer.reasoning.append(item.text)
+                        answer.version += 1
+                        events.reasoning(item.text)
+                else:
+                    answer.add_usage(item)
+                if out.congested:
+                    await out.wait_ready()
+        except ParleyError:
+            raise
+        except Exception as exc:  # an unmapped provider failure: log it all, tell the client little
+            log.exception("turn %s: provider %s failed", self.request_id, resolved.provider.name)
+            raise ProviderFailed("The model provider failed.") from exc
+        finally:
+            await stream.aclose()
+
+    async def _finish(
+        self, record: TurnRecord, answer: Answer, outcome: TurnStatus | ParleyError
+    ) -> TurnStatus:
+        status: TurnStatus
+        error_code = None
+        if isinstance(outcome, ParleyError):
+            status, error_code = "error", outcome.code
+            self.events.error(outcome.stage, outcome.code, outcome.message)
+        else:
+            status = outcome
+            if status == "cancelled":
+                self.events.cancelled()
+        usage = dict(answer.usage) or None
+        try:
+            await self.services.store.finish_turn(
+                session_id=record.session_id,
+                ai_message_id=record.ai_message_id,
+                content=answer.content,
+                reasoning=answer.reasoning_text,
+                status=status,
+                usage=usage,
+                error_code=error_code,
+            )
+        except DatabaseFailed as exc:
+            log.exception("turn %s: could not store the answer", self.request_id)
+            return self._fail(exc)
+        self.events.db_operation(str(record.user_message_id), str(record.ai_message_id), status, usage)
+        self.events.complete_turn(status)
+        return status
+
+    def _fail(self, error: ParleyError) -> TurnStatus:
+        self.events.error(error.stage, error.code, error.message)
+        self.events.complete_turn("error")
+        return "error"
+
+
+class Checkpointer:
+    """Writes the answer so far about once per interval while it streams; never per token."""
+
+    def __init__(self, store: Store, message_id: uuid.UUID, answer: Answer, interval_s: float) -> None:
+        self._store = store
+        self._message_id = message_id
+        self._answer = answer
+        self._interval = interval_s
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Let a write in flight finish (never cancel mid-write), then end."""
+        self._stopping.set()
+        await self._task
+
+    async def _run(self) -> None:
+        written = 0
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+            if self._stopping.is_set() or self._answer.version == written:
+                continue
+            written = self._answer.version
+            try:
+                await self._store.checkpoint(
+                    self._message_id, self._answer.content, self._answer.reasoning_text
+                )
+            except DatabaseFailed:
+                log.warning("checkpoint of message %s failed; the final write will retry", self._message_id)
