@@ -12,11 +12,11 @@ from parley.providers.base import Provider, ProviderEvent, ProviderRequest, Reas
 MAX_CHUNKS = 1_000_000
 MAX_DELAY_MS = 60_000
 
-# option name -> (accepted types, minimum, maximum)
-_NUMBERS: dict[str, tuple[tuple[type, ...], float, float]] = {
-    "chunks": ((int,), 1, MAX_CHUNKS),
-    "delay_ms": ((int, float), 0, MAX_DELAY_MS),
-    "fail_after": ((int,), 0, MAX_CHUNKS),
+# option name -> (whole numbers only, minimum, maximum)
+_NUMBERS: dict[str, tuple[bool, float, float]] = {
+    "chunks": (True, 1, MAX_CHUNKS),
+    "delay_ms": (False, 0, MAX_DELAY_MS),
+    "fail_after": (True, 0, MAX_CHUNKS),
 }
 
 
@@ -55,11 +55,12 @@ class DemoProvider(Provider):
     needs_key = False
 
     def check_options(self, options: Mapping[str, Any]) -> None:
-        for key, (types, low, high) in _NUMBERS.items():
-            value: Any = options.get(key)
+        for key, (whole, low, high) in _NUMBERS.items():
+            value = options.get(key)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, types) or not low <= value <= high:
+            number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+            if not number or not low <= value <= high:
                 raise ValidationFailed(f"options.{key} must be a number from {low:g} to {high:g}.")
         for key in ("text", "reasoning"):
             if key in options and not isinstance(options[key], str):

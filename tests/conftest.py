@@ -1,0 +1,154 @@
+"""Real servers for tests: uvicorn on a free loopback port in the test's own loop, SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from parley.app import Runtime, create_app
+from parley.auth import mint_token
+from parley.config import Settings
+from parley.server import ParleyServer
+from parley.store.repository import Store
+from tests.wsclient import ChatClient
+
+SECRET = "test-secret-" + "x" * 40
+PG_ADMIN_DSN = os.environ.get("PARLEY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _unavailable(what: str, why: object) -> None:
+    """Skip with the reason; under CI=true a missing service fails instead."""
+    message = f"{what} is not reachable ({why}); start it or run without it"
+    if IN_CI:
+        pytest.fail(f"CI=true: {message}")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        _unavailable(f"PostgreSQL at {PG_ADMIN_DSN}", exc)
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@dataclass
+class LiveServer:
+    """A running Parley: its URLs, a token minter and the runtime (store) behind it."""
+
+    server: ParleyServer
+    settings: Settings
+
+    @property
+    def port(self) -> int:
+        return self.server.bound_port
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/chat/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.server.app.state.runtime
+        return runtime
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    def token(self, customer_id: str | int = 1, ttl_s: int = 3600) -> str:
+        return mint_token(SECRET, str(customer_id), ttl_s)
+
+    async def client(self, customer_id: str | int = 1, dialect: str | None = None) -> ChatClient:
+        return await ChatClient.open(self.ws_url, self.token(customer_id), dialect)
+
+    def http(self, customer_id: str | int | None = 1) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.token(customer_id)}"} if customer_id is not None else {}
+        return httpx.AsyncClient(base_url=self.http_url, headers=headers, timeout=10)
+
+
+def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "database_url": database_url,
+        "jwt_secret": SECRET,
+        "host": "127.0.0.1",
+        "port": 0,
+        "log_level": "warning",
+        "shutdown_grace_s": 5,
+        **overrides,
+    }
+    return Settings.model_validate(values)
+
+
+@asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """Start Parley in this loop; stop it (graceful shutdown, turns drained) on exit."""
+    server = ParleyServer(create_app(settings), settings)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(20):
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped during startup")
+            await asyncio.sleep(0.01)
+    try:
+        yield LiveServer(server, settings)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str | None:
+    if backend == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return None  # the default: a SQLite file in the data directory
+
+
+@pytest.fixture
+async def server(tmp_path: Path, database_url: str | None) -> AsyncIterator[LiveServer]:
+    """Parley on SQLite and on PostgreSQL (the test runs once for each)."""
+    async with live_server(make_settings(tmp_path, database_url)) as live:
+        yield live
+
+
+@pytest.fixture
+async def sqlite_server(tmp_path: Path) -> AsyncIterator[LiveServer]:
+    """Parley on SQLite only, for behaviour that does not depend on the database."""
+    async with live_server(make_settings(tmp_path)) as live:
+        yield live

@@ -1,0 +1,110 @@
+"""PROTOCOL section 3, as one function every test runs over a turn's events."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from parley.protocol import SNAKE_STREAM_ERROR, SNAKE_TTS_NOT_REQUESTED, Event, wire_name
+
+Frame = dict[str, Any]
+
+
+@dataclass
+class TurnSummary:
+    events: list[Frame]
+    status: str
+    text: str
+    request_id: str
+    session_id: str | None = None
+    user_message_id: str | None = None
+    ai_message_id: str | None = None
+    usage: dict[str, Any] | None = None
+    error: Frame | None = None
+    kinds: list[str] = field(default_factory=list)
+
+
+def kind_of(frame: Frame, dialect: str = "camel") -> str:
+    """The camel name of a wire frame, whatever the dialect."""
+    name = frame["type"]
+    if dialect == "camel":
+        return str(name)
+    if name == SNAKE_STREAM_ERROR:
+        return Event.ERROR.value
+    if name == SNAKE_TTS_NOT_REQUESTED:
+        return "ttsNotRequested"
+    for event in Event:
+        if wire_name("snake", event) == name:
+            return event.value
+    raise AssertionError(f"unknown snake event {name!r}")
+
+
+def check_turn(events: list[Frame], dialect: str = "camel") -> TurnSummary:
+    """Assert every invariant of a finished turn and return what it said."""
+    assert events, "no events"
+    kinds = [kind_of(e, dialect) for e in events]
+    request_id = events[0]["request_id"]
+    assert isinstance(request_id, str) and request_id
+    assert all(e["request_id"] == request_id for e in events), "request_id differs within the turn"
+    assert [e["seq"] for e in events] == list(range(len(events))), (
+        f"seq not 0..n-1: {[e['seq'] for e in events]}"
+    )
+    assert kinds[0] == "working", f"first event is {kinds[0]}"
+    assert isinstance(events[0]["content"], dict) and {"request_type", "model", "provider"} <= set(
+        events[0]["content"]
+    )
+
+    final_kinds = (
+        ["fullProcessComplete", "ttsNotRequested"] if dialect == "snake" else ["fullProcessComplete"]
+    )
+    assert kinds[-len(final_kinds) :] == final_kinds, f"turn does not end with {final_kinds}: {kinds}"
+    assert kinds.count("fullProcessComplete") == 1
+    status = events[-1]["status"]
+    assert all(e["status"] == status for e in events[-len(final_kinds) :])
+    assert status in ("completed", "cancelled", "error")
+    body = kinds[: -len(final_kinds)]
+
+    text = "".join(e["content"] for e, k in zip(events, kinds, strict=True) if k == "text")
+    summary = TurnSummary(events, status, text, request_id, kinds=kinds)
+    errors = [e for e, k in zip(events, kinds, strict=True) if k == "error"]
+    assert len(errors) <= 1, "more than one error in a turn"
+    if errors:
+        summary.error = errors[0]
+        assert errors[0]["stage"] in ("validation", "auth", "provider", "database", "limits", "internal")
+        assert isinstance(errors[0]["code"], str) and isinstance(errors[0]["content"], str)
+        assert "Traceback" not in errors[0]["content"]
+        if dialect == "snake":
+            expected = SNAKE_STREAM_ERROR if errors[0]["stage"] == "provider" else "error"
+            assert errors[0]["type"] == expected
+
+    if "dbOperationExecuted" in body:
+        assert body.count("dbOperationExecuted") == 1
+        assert body[-1] == "dbOperationExecuted", (
+            f"dbOperationExecuted must come right before the end: {kinds}"
+        )
+        db = events[kinds.index("dbOperationExecuted")]
+        assert isinstance(db["content"], str), "dbOperationExecuted content must be a JSON string"
+        content = json.loads(db["content"])
+        assert content["session_id"] == db["session_id"]
+        assert content["status"] == status
+        summary.session_id = content["session_id"]
+        summary.user_message_id = content["user_message_id"]
+        summary.ai_message_id = content["ai_message_id"]
+        summary.usage = content["usage"]
+        first_with_session = next(i for i, e in enumerate(events) if "session_id" in e)
+        assert all(e.get("session_id") == summary.session_id for e in events[first_with_session:])
+        assert all("session_id" in e for e, k in zip(events, kinds, strict=True) if k == "text")
+
+    if status == "completed":
+        assert "dbOperationExecuted" in body and not errors and "cancelled" not in body
+    elif status == "cancelled":
+        tail = body[body.index("cancelled") :]
+        assert tail == ["cancelled", "dbOperationExecuted"], f"cancel order wrong: {kinds}"
+    elif summary.error is not None and summary.error["stage"] == "provider":
+        assert body[-2:] == ["error", "dbOperationExecuted"], f"provider failure order wrong: {kinds}"
+    elif summary.error is not None and summary.error["stage"] in ("database", "internal"):
+        assert "dbOperationExecuted" not in body and body[-1] == "error", f"unsaved turn order wrong: {kinds}"
+    else:
+        assert body == ["working", "error"], f"a refused turn is working, error, complete: {kinds}"
+    return summary
