@@ -34,7 +34,7 @@ from parley.providers.base import (
     TextDelta,
     Usage,
 )
-from parley.store.repository import Store, TurnRecord
+from parley.store.repository import ContextMessage, Store, TurnRecord
 
 log = logging.getLogger("parley.turn")
 
@@ -178,6 +178,15 @@ class Turn:
 
     async def _persist_question(self, request: ChatRequest, resolved: Resolved) -> TurnRecord:
         session_id = request.user_input.session_id
+        imported = (
+            []
+            if session_id
+            else [
+                ContextMessage(m.role, join_text(m.content))
+                for m in request.user_input.chat_history
+                if m.role != "system" and join_text(m.content)
+            ]
+        )
         return await self.services.store.start_turn(
             customer_id=self.identity.customer_id,
             session_id=uuid.UUID(session_id) if session_id else None,
@@ -185,6 +194,7 @@ class Turn:
             model=resolved.model,
             provider=resolved.provider.name,
             request_id=self.request_id,
+            imported=imported,
         )
 
     def _provider_request(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from tests.conftest import LiveServer
+from tests.wsclient import chat_frame
 
 
 async def test_two_messages_share_one_session(server: LiveServer) -> None:
@@ -58,3 +59,29 @@ async def test_second_turn_sees_the_stored_history(server: LiveServer) -> None:
     # The demo model reports the context size it was given as input tokens: history makes it grow.
     assert first.usage is not None and second.usage is not None
     assert second.usage["input_tokens"] > first.usage["input_tokens"] + 4
+
+
+async def test_chat_history_migrates_into_a_new_session_only(server: LiveServer) -> None:
+    history = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Earlier question"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Earlier answer"}]},
+    ]
+    async with await server.client() as client:
+        frame = chat_frame("Now this", request_id="migrate-1")
+        frame["user_input"]["chat_history"] = history
+        await client.send(frame)
+        first = await client.turn("migrate-1")
+        again = chat_frame("And this", session_id=first.session_id or "", request_id="migrate-2")
+        again["user_input"]["chat_history"] = [{"role": "user", "content": "ignored for an existing session"}]
+        await client.send(again)
+        await client.turn("migrate-2")
+    rows = await server.store.session_messages(uuid.UUID(first.session_id or ""))
+    assert [(m.role, m.content) for m in rows[:3]] == [
+        ("user", "Earlier question"),
+        ("assistant", "Earlier answer"),
+        ("user", "Now this"),
+    ]
+    assert [m.role for m in rows[3:]] == ["assistant", "user", "assistant"]
+    assert "ignored for an existing session" not in [m.content for m in rows]
+    assert str(rows[2].id) == first.user_message_id

@@ -76,16 +76,17 @@ class Store:
         model: str,
         provider: str,
         request_id: str,
+        imported: Sequence[ContextMessage] = (),
     ) -> TurnRecord:
-        """Commit the session (if new), the user's message and an empty ``streaming`` answer row."""
+        """Commit the session (if new, with ``imported`` history), the question and an empty answer row."""
         try:
             async with self._sessions() as db, db.begin():
                 now = utcnow()
                 history: list[ContextMessage] = []
                 parent: uuid.UUID | None = None
                 if session_id is None:
-                    session = ChatSession(customer_id=customer_id, title=title_from(prompt), created_at=now)
-                    session.updated_at = now
+                    session = ChatSession(customer_id=customer_id, title=title_from(prompt))
+                    session.created_at = session.updated_at = now
                     db.add(session)
                     await db.flush()
                     session_id = session.id
@@ -96,36 +97,30 @@ class Store:
                     await db.execute(
                         update(ChatSession).where(ChatSession.id == session_id).values(updated_at=now)
                     )
-                user = Message(
-                    session_id=session_id,
-                    customer_id=customer_id,
-                    role="user",
-                    content=prompt,
-                    status="completed",
-                    request_id=request_id,
-                    parent_id=parent,
-                    created_at=now,
-                    updated_at=now,
-                )
-                db.add(user)
-                await db.flush()
-                # One microsecond later, so the answer sorts after its question on every backend.
-                later = now + timedelta(microseconds=1)
-                answer = Message(
-                    session_id=session_id,
-                    customer_id=customer_id,
-                    role="assistant",
-                    content="",
-                    status="streaming",
-                    model=model,
-                    provider=provider,
-                    request_id=request_id,
-                    parent_id=user.id,
-                    created_at=later,
-                    updated_at=later,
-                )
-                db.add(answer)
-            return TurnRecord(session_id, user.id, answer.id, history)
+                common = {"session_id": session_id, "customer_id": customer_id, "request_id": request_id}
+                turn = [
+                    *(
+                        Message(role=m.role, content=m.content, status="completed", **common)
+                        for m in imported
+                    ),
+                    Message(role="user", content=prompt, status="completed", **common),
+                    Message(
+                        role="assistant",
+                        content="",
+                        status="streaming",
+                        model=model,
+                        provider=provider,
+                        **common,
+                    ),
+                ]
+                for offset, message in enumerate(turn):
+                    # A microsecond apart, so they sort in this order on every backend.
+                    message.created_at = message.updated_at = now + timedelta(microseconds=offset)
+                    message.id = uuid.uuid4()
+                    message.parent_id = parent
+                    parent = message.id
+                db.add_all(turn)
+            return TurnRecord(session_id, turn[-2].id, turn[-1].id, history)
         except SQLAlchemyError as exc:
             raise DatabaseFailed("The message could not be saved; nothing was stored.") from exc
 

@@ -1,11 +1,7 @@
 #!/usr/bin/env python3
-"""Manual check that two messages sent on one WebSocket land in the same Parley session.
+"""Manual check, against a live server, that two messages on one WebSocket land in the same session.
 
-Run it against a live server (see tests/manual/README.md for options and troubleshooting):
-
-    JWT_TOKEN=... python tests/manual/test_session_persistence_manual.py
-
-It imports nothing from Parley and has no side effects on import.
+Run: JWT_TOKEN=... python tests/manual/test_session_persistence_manual.py   (see tests/manual/README.md)
 """
 
 from __future__ import annotations
@@ -84,10 +80,8 @@ def load_config() -> Config:
 def authenticated_url(url: str, token: str) -> str:
     """Adds `token` (and `events=camel`, the dialect this script reads) to the URL's query."""
     parts = urlsplit(url)
-    query = [
-        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("token", "events")
-    ]
-    query += [("token", token), ("events", "camel")]
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("token", "events")]
+    query = [*kept, ("token", token), ("events", "camel")]
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -99,14 +93,12 @@ def connection_error(exc: Exception, config: Config) -> Abort:
             return Abort(f"❌ Connection failed: invalid status code {code}", hint, TOKEN_HINT)
         hint = f"   → The server answered HTTP {code} instead of upgrading; check BACKEND_WS_URL"
         return Abort(f"❌ Connection failed: invalid status code {code}", hint)
-    reason = (str(exc) or type(exc).__name__).replace(config.token, "***")
-    if isinstance(exc, TimeoutError):
+    reason = (str(exc) or type(exc).__name__).replace(config.token, "***")  # never print the token
+    if isinstance(exc, TimeoutError):  # a subclass of OSError: test it first
         return Abort(f"❌ Connection failed: no handshake within {config.timeout:g}s", "   → Backend hung")
     if isinstance(exc, OSError):
         return Abort(f"❌ Connection failed: {reason}", f"   → Backend not running at {config.url}")
-    return Abort(
-        f"❌ Connection failed: {reason}", "   → Check BACKEND_WS_URL (is it a Parley WebSocket URL?)"
-    )
+    return Abort(f"❌ Connection failed: {reason}", "   → Check BACKEND_WS_URL (a ws:// or wss:// URL)")
 
 
 def closed_error(exc: ConnectionClosed) -> Abort:
@@ -137,13 +129,6 @@ async def next_event(ws: ClientConnection, timeout: float) -> dict[str, Any]:
     if not isinstance(event, dict):
         raise Abort(f"❌ Server sent a frame that is not a JSON object: {raw[:200]!r}")
     return event
-
-
-async def send(ws: ClientConnection, frame: dict[str, Any]) -> None:
-    try:
-        await ws.send(json.dumps(frame))
-    except ConnectionClosed as exc:
-        raise closed_error(exc) from None
 
 
 async def expect_ready(ws: ClientConnection, timeout: float) -> None:
@@ -199,7 +184,7 @@ def record(event: dict[str, Any], result: TurnResult) -> str:
 
 
 async def catch_late_db_event(ws: ClientConnection, request_id: str, result: TurnResult) -> None:
-    """Looks briefly for a dbOperationExecuted sent after fullProcessComplete (the regression guarded here)."""
+    """Looks briefly for a dbOperationExecuted sent after fullProcessComplete (the regression tested for)."""
     try:
         while True:
             event = await next_event(ws, LATE_EVENT_GRACE)
@@ -235,7 +220,10 @@ async def collect_turn(ws: ClientConnection, request_id: str, timeout: float) ->
 
 async def run_turn(ws: ClientConnection, config: Config, prompt: str, session_id: str) -> TurnResult:
     request_id = str(uuid.uuid4())
-    await send(ws, build_request(request_id, prompt, session_id, config.model))
+    try:
+        await ws.send(json.dumps(build_request(request_id, prompt, session_id, config.model)))
+    except ConnectionClosed as exc:
+        raise closed_error(exc) from None
     return await collect_turn(ws, request_id, config.timeout)
 
 
@@ -248,9 +236,7 @@ def first_session_id(first: TurnResult) -> str:
     if first.session_id is None:
         lines = ["\n❌ ERROR: Did not receive session_id from first message"]
         if first.late_db_event:
-            lines.append(
-                "   → dbOperationExecuted was sent after fullProcessComplete (the ordering regression)"
-            )
+            lines.append("   → dbOperationExecuted came after fullProcessComplete (the ordering regression)")
         lines.append("   → Database persistence is failing or dbOperationExecuted not being sent")
         raise Abort(*lines)
     return first.session_id
@@ -281,20 +267,19 @@ def report(first_id: str, second: TurnResult) -> int:
 async def run(config: Config) -> int:
     print(f"🔗 Connecting to: {config.url}")
     try:
-        ws = await connect(
-            authenticated_url(config.url, config.token), open_timeout=config.timeout, close_timeout=2
-        )
+        url = authenticated_url(config.url, config.token)
+        ws = await connect(url, open_timeout=config.timeout, close_timeout=2)
     except (OSError, WebSocketException) as exc:
         raise connection_error(exc, config) from None
     async with ws:
         print("✅ WebSocket connected")
         await expect_ready(ws, config.timeout)
-        print("\n📤 Sending first message...\n📊 Collecting events for first message...")
+        print("\n📤 Sending first message...")
+        print("📊 Collecting events for first message...")
         first_id = first_session_id(await run_turn(ws, config, FIRST_PROMPT, ""))
         print(f"\n✓ First message session ID: {first_id}")
-        print(
-            "\n📤 Sending second message with same session ID...\n📊 Collecting events for second message..."
-        )
+        print("\n📤 Sending second message with same session ID...")
+        print("📊 Collecting events for second message...")
         second = await run_turn(ws, config, SECOND_PROMPT, first_id)
     return report(first_id, second)
 
