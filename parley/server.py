@@ -43,7 +43,7 @@ class ParleyServer(uvicorn.Server):
             server.close()
         runtime: Runtime | None = getattr(self.app.state, "runtime", None)
         if runtime is not None:
-            await runtime.supervisor.drain(self.settings.shutdown_grace_s)
+            await runtime.supervisor.drain(self.settings.shutdown_grace_s, hurry=lambda: self.force_exit)
         await super().shutdown(sockets)
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 log = logging.getLogger("parley.tasks")
@@ -37,16 +37,22 @@ class Supervisor:
     def busy(self) -> int:
         return len(self._tasks)
 
-    async def drain(self, grace_s: float) -> None:
-        """Stop taking turns; let running ones finish for ``grace_s``; then cancel, persist and await them."""
+    async def drain(self, grace_s: float, hurry: Callable[[], bool] = lambda: False) -> None:
+        """Stop taking turns; let running ones finish for ``grace_s``; then cancel, persist and await them.
+
+        ``hurry`` cuts the grace period short when it turns true (a second Ctrl-C).
+        """
         self.accepting = False
         if self._tasks:
             log.info("waiting up to %.0fs for %d running turn(s) to finish", grace_s, len(self.running))
-            await asyncio.wait(set(self._tasks), timeout=grace_s)
+            deadline = asyncio.get_running_loop().time() + grace_s
+            while self._tasks and not hurry():
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                await asyncio.wait(set(self._tasks), timeout=min(left, 0.1))
         if self.running:
-            log.warning(
-                "grace period over: cancelling %d turn(s); their partial answers are kept", len(self.running)
-            )
+            log.warning("cancelling %d turn(s); their partial answers are kept", len(self.running))
             for turn in list(self.running):
                 turn.cancel()
         if self._tasks:

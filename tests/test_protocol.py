@@ -1,0 +1,84 @@
+"""The emitter numbers and names events per dialect; the routing table maps models to providers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from parley.errors import ValidationFailed
+from parley.protocol import TurnEmitter
+from parley.providers.base import ModelRegistry
+from parley.providers.demo import DemoProvider
+
+
+def emitted(dialect: str) -> list[dict[str, object]]:
+    frames: list[str] = []
+    emitter = TurnEmitter(dialect, "r1", frames.append)  # type: ignore[arg-type]
+    emitter.working("text", "demo", "demo")
+    emitter.session_id = "s1"
+    emitter.text("Hel")
+    emitter.reasoning("hmm")
+    emitter.error("provider", "provider_error", "boom")
+    emitter.db_operation("u1", "a1", "error", None)
+    emitter.complete_turn("error")
+    emitter.complete_turn("error")  # a second completion is never sent
+    return [json.loads(f) for f in frames]
+
+
+def test_camel_events() -> None:
+    frames = emitted("camel")
+    assert [f["type"] for f in frames] == [
+        "working",
+        "text",
+        "reasoning",
+        "error",
+        "dbOperationExecuted",
+        "fullProcessComplete",
+    ]
+    assert [f["seq"] for f in frames] == list(range(6))
+    assert all(f["request_id"] == "r1" for f in frames)
+    assert "session_id" not in frames[0]
+    assert all(f["session_id"] == "s1" for f in frames[1:])
+    content = frames[4]["content"]
+    assert isinstance(content, str)
+    assert json.loads(content) == {
+        "session_id": "s1",
+        "user_message_id": "u1",
+        "ai_message_id": "a1",
+        "status": "error",
+        "usage": None,
+    }
+
+
+def test_snake_events() -> None:
+    frames = emitted("snake")
+    assert [f["type"] for f in frames] == [
+        "working",
+        "text_chunk",
+        "thinking_chunk",
+        "stream_error",
+        "db_operation_executed",
+        "text_completed",
+        "tts_not_requested",
+    ]
+    assert [f["seq"] for f in frames] == list(range(7))
+    assert frames[-1]["status"] == frames[-2]["status"] == "error"
+
+
+def test_model_routing() -> None:
+    demo = DemoProvider()
+    strict = ModelRegistry({"demo": demo})
+    assert strict.resolve("demo").provider is demo
+    with pytest.raises(ValidationFailed) as unknown:
+        strict.resolve("no-such-model")
+    assert unknown.value.code == "unknown_model"
+    with pytest.raises(ValidationFailed) as unconfigured:
+        strict.resolve("claude-sonnet-4")
+    assert unconfigured.value.code == "provider_not_configured"
+    assert "ANTHROPIC_API_KEY" in unconfigured.value.message
+
+    dev = ModelRegistry({"demo": demo}, dev=True).resolve("gpt-4o-mini")
+    assert dev.provider is demo
+    assert dev.stand_in_for == "openai"
+    assert dev.model == "gpt-4o-mini"
