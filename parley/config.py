@@ -12,6 +12,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Dialect = Literal["camel", "snake"]
 
 DEV_SECRET_FILE = "jwt_secret"
+_ASYNC_DRIVERS = {
+    "postgresql://": "postgresql+asyncpg://",
+    "postgres://": "postgresql+asyncpg://",
+    "sqlite://": "sqlite+aiosqlite://",
+}
 
 
 class Settings(BaseSettings):
@@ -45,9 +50,13 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'parley.db').resolve()}"
+        """The async SQLAlchemy URL; plain ``postgresql://`` and ``sqlite:///`` get their async drivers."""
+        if not self.database_url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'parley.db').resolve()}"
+        for plain, driver in _ASYNC_DRIVERS.items():
+            if self.database_url.startswith(plain):
+                return driver + self.database_url[len(plain) :]
+        return self.database_url
 
     def signing_secret(self) -> str | None:
         """The HS256 secret: configured, else (dev mode) the one kept in the data directory."""
