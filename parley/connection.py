@@ -131,6 +131,21 @@ class Outbox:
             self.detach("send failed")
 
 
+def abort_transport(websocket: WebSocket) -> bool:
+    """Drop the connection at once, unsent bytes and all. True if the server let us.
+
+    ASGI has no "abort": a close frame would queue behind the data a stalled peer never reads, and the
+    server's socket would linger with its buffer. uvicorn's ``receive`` is a method of its protocol
+    object, which owns the transport; use that where it is there, and otherwise leave the close to the server.
+    """
+    owner = getattr(getattr(websocket, "_receive", None), "__self__", None)
+    transport = getattr(owner, "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        return False
+    transport.abort()
+    return True
+
+
 class Connection:
     """One client socket: its reader loop, its queue of turns, and the worker that runs them in order."""
 
@@ -177,7 +192,8 @@ class Connection:
                 if receive not in done:
                     receive.cancel()
                     if gone in done:
-                        return  # too slow: the socket is dropped as the handler returns
+                        abort_transport(self.ws)  # too slow: drop it now, with what it never read
+                        return
                     if self.current is None and not self.waiting:
                         await self._close(CLOSE_GOING_AWAY, "timeout")
                         return

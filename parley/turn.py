@@ -85,7 +85,10 @@ class Answer:
 
 
 def request_id_of(raw: dict[str, Any]) -> str:
+    """The client's request_id; a number is echoed as text (so the refusal it earns can be matched)."""
     value = raw.get("request_id")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     return value if isinstance(value, str) and value else uuid.uuid4().hex
 
 
