@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import signal
 import socket
+import threading
+from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
@@ -45,6 +49,20 @@ class ParleyServer(uvicorn.Server):
         if runtime is not None:
             await runtime.supervisor.drain(self.settings.shutdown_grace_s, hurry=lambda: self.force_exit)
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's handlers for SIGINT/SIGTERM, without re-raising the signal afterwards: a drained
+        shutdown is a clean one, so ``parley serve`` exits 0 (and Ctrl-C prints no traceback)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
     @property
     def bound_port(self) -> int:
