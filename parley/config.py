@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     send_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     send_stall_timeout_s: float = Field(default=10.0, gt=0)
     checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    provider_attempts: int = Field(default=3, ge=1, le=10)
+    provider_retry_backoff_s: float = Field(default=0.25, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     ws_ping_interval_s: float | None = 20.0
 

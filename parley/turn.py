@@ -33,6 +33,7 @@ from parley.providers.base import (
     Resolved,
     TextDelta,
     Usage,
+    stream_with_retries,
 )
 from parley.store.repository import ContextMessage, Store, TurnRecord
 
@@ -212,7 +213,9 @@ class Turn:
         else:
             messages += [ChatMessage(m.role, join_text(m.content)) for m in request.user_input.chat_history]
         messages.append(ChatMessage("user", request.prompt_text))
-        return ProviderRequest(resolved.model, messages, text.temperature, text.max_tokens, text.options)
+        return ProviderRequest(
+            resolved.upstream_model, messages, text.temperature, text.max_tokens, text.options
+        )
 
     async def _stream(
         self, request: ProviderRequest, resolved: Resolved, answer: Answer, record: TurnRecord
@@ -240,7 +243,10 @@ class Turn:
     async def _pump(self, request: ProviderRequest, resolved: Resolved, answer: Answer) -> None:
         """Provider events → client events. The hot path: no database, no logging, no needless awaits."""
         events, out = self.events, self.out
-        stream = resolved.provider.stream(request)
+        settings = self.services.settings
+        stream = stream_with_retries(
+            resolved.provider, request, settings.provider_attempts, settings.provider_retry_backoff_s
+        )
         try:
             async for item in stream:
                 if isinstance(item, TextDelta):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
 from abc import ABC, abstractmethod
@@ -9,7 +10,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from parley.errors import ValidationFailed
+from parley.errors import ProviderFailed, ValidationFailed
 
 log = logging.getLogger("parley.providers")
 
@@ -53,7 +54,7 @@ ProviderEvent = TextDelta | ReasoningDelta | Usage
 class Provider(ABC):
     """A model backend: one streaming method plus capability flags."""
 
-    name: ClassVar[str]
+    name: str = "provider"  # set per instance for named endpoints (e.g. "ollama")
     can_stream: ClassVar[bool] = True
     supports_tools: ClassVar[bool] = False
     needs_key: ClassVar[bool] = True
@@ -89,7 +90,8 @@ BUILTIN_ROUTES: tuple[Route, ...] = (
 @dataclass(frozen=True)
 class Resolved:
     provider: Provider
-    model: str
+    model: str  # as the client asked for it
+    upstream_model: str  # as the provider knows it
     stand_in_for: str | None = None  # the unconfigured provider `demo` stands in for (dev mode)
 
 
@@ -110,10 +112,10 @@ class ModelRegistry:
             raise ValidationFailed(f"Unknown model {model!r}.", code="unknown_model")
         provider = self._providers.get(route.provider)
         if provider is not None:
-            return Resolved(provider, model)
+            return Resolved(provider, model, model)
         if self._dev and "demo" in self._providers:
             self._announce_stand_in(model, route)
-            return Resolved(self._providers["demo"], model, stand_in_for=route.provider)
+            return Resolved(self._providers["demo"], model, model, stand_in_for=route.provider)
         hint = f" (set {route.key_env})" if route.key_env else ""
         raise ValidationFailed(
             f"Model {model!r} needs the {route.provider} provider, which is not configured{hint}.",
@@ -129,3 +131,34 @@ class ModelRegistry:
                 model,
                 route.provider,
             )
+
+
+async def stream_with_retries(
+    provider: Provider, request: ProviderRequest, attempts: int = 3, backoff_s: float = 0.25
+) -> AsyncGenerator[ProviderEvent, None]:
+    """``provider.stream``, retried with exponential backoff on transient failures before any output.
+
+    Once text or reasoning has been sent, a failure is final: the client has seen it, so a retry would
+    contradict what is already on screen.
+    """
+    for attempt in range(attempts):
+        started = False
+        stream = provider.stream(request)
+        try:
+            async for event in stream:
+                started = started or isinstance(event, (TextDelta, ReasoningDelta))
+                yield event
+            return
+        except ProviderFailed as exc:
+            if started or not exc.retryable or attempt == attempts - 1:
+                raise
+            log.warning(
+                "%s failed before any output (%s); retry %d of %d",
+                provider.name,
+                exc.code,
+                attempt + 1,
+                attempts - 1,
+            )
+        finally:
+            await stream.aclose()
+        await asyncio.sleep(backoff_s * 2**attempt)
