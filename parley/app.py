@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from dotenv import dotenv_values
 from fastapi import FastAPI
 from starlette.requests import HTTPConnection
 
 from parley.auth import TokenVerifier
 from parley.config import Settings
-from parley.providers.base import ModelRegistry, Provider
-from parley.providers.demo import DemoProvider
+from parley.providers.registry import ModelRegistry, build_provider, load_models_file
 from parley.store.db import create_engine, migrate
 from parley.store.repository import Store
 from parley.tasks import Supervisor
@@ -36,37 +37,43 @@ class Runtime:
         return self.services.store
 
 
-def build_providers(settings: Settings) -> dict[str, Provider]:
-    return {"demo": DemoProvider()}
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     verifier = TokenVerifier.from_settings(settings)  # fail at build time, not at the first request
+    models = load_models_file(settings.models_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.resolved_database_url)
+        registry = ModelRegistry.from_config(models, build_provider, env=provider_env(), dev=settings.dev)
         try:
             await migrate(engine)
-            registry = ModelRegistry(build_providers(settings), dev=settings.dev)
             services = TurnServices(settings=settings, store=Store(engine), registry=registry)
             runtime = Runtime(settings, verifier, services, Supervisor())
             app.state.runtime = runtime
             yield
             await runtime.supervisor.drain(settings.shutdown_grace_s)
         finally:
+            await registry.aclose()
             await engine.dispose()
 
     from parley.api.health import router as health_router
+    from parley.api.models import router as models_router
     from parley.api.sessions import router as sessions_router
     from parley.api.websocket import router as websocket_router
 
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
     app.include_router(health_router)
     app.include_router(sessions_router, prefix="/api/v1")
+    app.include_router(models_router, prefix="/api/v1")
     app.include_router(websocket_router)
     return app
+
+
+def provider_env() -> dict[str, str]:
+    """Where provider keys and base URLs are looked up: ``.env`` values, overridden by the environment."""
+    values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+    return {**values, **os.environ}
 
 
 def runtime_of(connection: HTTPConnection) -> Runtime:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from parley.auth import Identity
@@ -168,6 +169,7 @@ class Connection:
         self.waiting: deque[Turn] = deque()
         self.current: Turn | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._last_active = asyncio.get_running_loop().time()
 
     async def serve(self) -> None:
         """Run until the client leaves, asks to close, idles out or is too slow. Turns outlive this."""
@@ -181,24 +183,24 @@ class Connection:
         self.outbox.push(encode(frame))
 
     async def _read_loop(self) -> None:
-        idle_timeout = self.services.settings.idle_timeout_s
         gone = asyncio.create_task(self.outbox.wait_detached())
+        receive: asyncio.Task[Message] | None = None
         try:
             while True:
-                receive = asyncio.create_task(self.ws.receive())
+                receive = receive or asyncio.create_task(self.ws.receive())
                 done, _ = await asyncio.wait(
-                    {receive, gone}, timeout=idle_timeout, return_when="FIRST_COMPLETED"
+                    {receive, gone}, timeout=self._idle_left(), return_when="FIRST_COMPLETED"
                 )
+                if gone in done:
+                    abort_transport(self.ws)  # too slow: drop it now, with what it never read
+                    return
                 if receive not in done:
-                    receive.cancel()
-                    if gone in done:
-                        abort_transport(self.ws)  # too slow: drop it now, with what it never read
-                        return
-                    if self.current is None and not self.waiting:
+                    if self._idle_left() <= 0:
                         await self._close(CLOSE_GOING_AWAY, "timeout")
                         return
                     continue
-                message = receive.result()
+                message, receive = receive.result(), None
+                self._last_active = asyncio.get_running_loop().time()
                 if message["type"] == "websocket.disconnect":
                     return
                 if message.get("text") is None:
@@ -207,6 +209,15 @@ class Connection:
                     return
         finally:
             gone.cancel()
+            if receive is not None:
+                receive.cancel()
+
+    def _idle_left(self) -> float:
+        """Seconds until the connection counts as idle: no frames and no turn for the whole timeout."""
+        timeout = self.services.settings.idle_timeout_s
+        if self.current is not None or self.waiting:
+            return timeout
+        return timeout - (asyncio.get_running_loop().time() - self._last_active)
 
     async def _on_text(self, text: str) -> bool:
         """Handle one text frame; False when the connection should end."""
@@ -279,6 +290,7 @@ class Connection:
             finally:
                 self.supervisor.running.discard(turn)
                 self.current = None
+                self._last_active = asyncio.get_running_loop().time()
 
     async def _close(self, code: int, reason: str) -> None:
         self.send(closing_frame(reason))

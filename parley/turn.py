@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from parley.auth import Identity
 from parley.config import Dialect, Settings
+from parley.context import build_context
 from parley.errors import (
     DatabaseFailed,
     Forbidden,
@@ -27,14 +28,13 @@ from parley.errors import (
 from parley.protocol import ChatRequest, TurnEmitter, TurnStatus, describe_validation_error, join_text
 from parley.providers.base import (
     ChatMessage,
-    ModelRegistry,
     ProviderRequest,
     ReasoningDelta,
-    Resolved,
     TextDelta,
     Usage,
     stream_with_retries,
 )
+from parley.providers.registry import ModelRegistry, Resolved
 from parley.store.repository import ContextMessage, Store, TurnRecord
 
 log = logging.getLogger("parley.turn")
@@ -205,14 +205,12 @@ class Turn:
         self, request: ChatRequest, resolved: Resolved, record: TurnRecord
     ) -> ProviderRequest:
         text = request.user_settings.text
-        messages: list[ChatMessage] = []
-        if text.system_prompt:
-            messages.append(ChatMessage("system", text.system_prompt))
         if request.user_input.session_id:
-            messages += [ChatMessage(m.role, m.content) for m in record.history]
+            history = [ChatMessage(m.role, m.content) for m in record.history]
         else:
-            messages += [ChatMessage(m.role, join_text(m.content)) for m in request.user_input.chat_history]
-        messages.append(ChatMessage("user", request.prompt_text))
+            history = [ChatMessage(m.role, join_text(m.content)) for m in request.user_input.chat_history]
+        budget = self.services.settings.context_budget_chars
+        messages = build_context(text.system_prompt, history, request.prompt_text, budget)
         return ProviderRequest(
             resolved.upstream_model, messages, text.temperature, text.max_tokens, text.options
         )

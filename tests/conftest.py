@@ -56,6 +56,26 @@ def postgres_url() -> Iterator[str]:
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+
+
+@pytest.fixture(autouse=True)
+def no_real_providers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach a real model API: keys from the environment are hidden, and any HTTP request
+    (the vendor SDKs all use httpx) to a host other than loopback fails the test."""
+    for name in PROVIDER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    original = httpx.AsyncHTTPTransport.handle_async_request
+
+    async def guarded(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
+        if request.url.host not in LOOPBACK:
+            pytest.fail(f"a test tried to reach {request.url.host}: tests talk only to local fake servers")
+        return await original(self, request)
+
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", guarded)
+
+
 @dataclass
 class LiveServer:
     """A running Parley: its URLs, a token minter and the runtime (store) behind it."""

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from parley.errors import ValidationFailed
 from parley.protocol import TurnEmitter
-from parley.providers.base import ModelRegistry
-from parley.providers.demo import DemoProvider
 
 
 def emitted(dialect: str) -> list[dict[str, object]]:
@@ -64,21 +59,3 @@ def test_snake_events() -> None:
     ]
     assert [f["seq"] for f in frames] == list(range(7))
     assert frames[-1]["status"] == frames[-2]["status"] == "error"
-
-
-def test_model_routing() -> None:
-    demo = DemoProvider()
-    strict = ModelRegistry({"demo": demo})
-    assert strict.resolve("demo").provider is demo
-    with pytest.raises(ValidationFailed) as unknown:
-        strict.resolve("no-such-model")
-    assert unknown.value.code == "unknown_model"
-    with pytest.raises(ValidationFailed) as unconfigured:
-        strict.resolve("claude-sonnet-4")
-    assert unconfigured.value.code == "provider_not_configured"
-    assert "ANTHROPIC_API_KEY" in unconfigured.value.message
-
-    dev = ModelRegistry({"demo": demo}, dev=True).resolve("gpt-4o-mini")
-    assert dev.provider is demo
-    assert dev.stand_in_for == "openai"
-    assert dev.model == "gpt-4o-mini"

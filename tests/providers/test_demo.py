@@ -60,12 +60,15 @@ async def test_text_chunks_and_reasoning_options() -> None:
 
 async def test_fail_after_raises_a_provider_error_after_that_many_deltas() -> None:
     seen: list[str] = []
-    with pytest.raises(ProviderFailed) as failure:
-        async for event in DemoProvider().stream(
-            ProviderRequest("demo", [ChatMessage("user", "x")], options={"chunks": 10, "fail_after": 3})
-        ):
+
+    async def consume() -> None:
+        request = ProviderRequest("demo", [ChatMessage("user", "x")], options={"chunks": 10, "fail_after": 3})
+        async for event in DemoProvider().stream(request):
             if isinstance(event, TextDelta):
                 seen.append(event.text)
+
+    with pytest.raises(ProviderFailed) as failure:
+        await consume()
     assert len(seen) == 3
     assert failure.value.code == "provider_error"
     assert failure.value.stage == "provider"
