@@ -120,6 +120,16 @@ class Turn:
         self._fail(error)
 
     async def run(self) -> TurnStatus:
+        """Run the turn to its end; whatever happens, the client gets the closing events."""
+        try:
+            return await self._run()
+        except Exception:
+            log.exception("turn %s failed unexpectedly", self.request_id)
+            if self.events.complete:
+                return "error"
+            return self._fail(ParleyError("Something went wrong on the server; the details are logged."))
+
+    async def _run(self) -> TurnStatus:
         resolved = self._announce()
         try:
             request, resolved = await self._validate(resolved)

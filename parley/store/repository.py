@@ -63,8 +63,11 @@ class Store:
         key = parse_uuid(session_id)
         if key is None:
             return None
-        async with self._sessions() as db:
-            found = await db.get(ChatSession, key)
+        try:
+            async with self._sessions() as db:
+                found = await db.get(ChatSession, key)
+        except SQLAlchemyError as exc:
+            raise DatabaseFailed("The session could not be read.") from exc
         return found if found is not None and found.customer_id == customer_id else None
 
     async def start_turn(
