@@ -70,10 +70,12 @@ class TokenVerifier:
 
 
 def identity_of(claims: Mapping[str, Any]) -> str:
-    value = claims.get("customer_id", claims.get("sub"))
-    if value is None or isinstance(value, (dict, list, bool)) or str(value) == "":
-        raise AuthError("token names no customer (claim customer_id or sub)")
-    return str(value)
+    """``customer_id`` if the token carries a usable one, else ``sub``; as a string."""
+    for claim in ("customer_id", "sub"):
+        value = claims.get(claim)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+            return str(value)
+    raise AuthError("token names no customer (claim customer_id or sub)")
 
 
 def mint_token(

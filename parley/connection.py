@@ -174,9 +174,11 @@ class Connection:
     async def serve(self) -> None:
         """Run until the client leaves, asks to close, idles out or is too slow. Turns outlive this."""
         self.send(ready_frame(self.dialect, self.id))
+        self.supervisor.outboxes.add(self.outbox)
         try:
             await self._read_loop()
         finally:
+            self.supervisor.outboxes.discard(self.outbox)
             await self.outbox.close()
 
     def send(self, frame: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ from fastapi import FastAPI
 from parley.app import Runtime
 from parley.config import Settings
 
+FLUSH_BEFORE_CLOSE_S = 2.0
+
 
 class ParleyServer(uvicorn.Server):
     """uvicorn's server, but on SIGTERM running turns get the grace period while their sockets stay open.
@@ -48,6 +50,7 @@ class ParleyServer(uvicorn.Server):
         runtime: Runtime | None = getattr(self.app.state, "runtime", None)
         if runtime is not None:
             await runtime.supervisor.drain(self.settings.shutdown_grace_s, hurry=lambda: self.force_exit)
+            await runtime.supervisor.flush(FLUSH_BEFORE_CLOSE_S)
         await super().shutdown(sockets)
 
     @contextlib.contextmanager

@@ -14,6 +14,10 @@ class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
 
+class Flushable(Protocol):
+    async def flush(self, timeout_s: float) -> None: ...
+
+
 class Supervisor:
     """Spawns, tracks and, at shutdown, drains then cancels the app's background work."""
 
@@ -21,6 +25,7 @@ class Supervisor:
         self.accepting = True
         self._tasks: set[asyncio.Task[Any]] = set()
         self.running: set[Cancellable] = set()  # turns in progress, for shutdown to stop
+        self.outboxes: set[Flushable] = set()  # open connections' send queues, flushed before closing
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -61,3 +66,8 @@ class Supervisor:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+
+    async def flush(self, timeout_s: float) -> None:
+        """Give every open connection a moment to send what its turns said last, before sockets close."""
+        if self.outboxes:
+            await asyncio.wait([asyncio.create_task(o.flush(timeout_s)) for o in list(self.outboxes)])
