@@ -29,10 +29,37 @@ _CONTEXT_MARKERS = (
 
 DISPLAY_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic"}
 
+try:  # anthropic>=2 reads through httpx2, whose exceptions are not httpx's
+    import httpx2
+
+    _TIMEOUTS: tuple[type[BaseException], ...] = (httpx.TimeoutException, httpx2.TimeoutException)
+    _TRANSPORT: tuple[type[BaseException], ...] = (httpx.TransportError, httpx2.TransportError)
+except ImportError:  # pragma: no cover
+    _TIMEOUTS, _TRANSPORT = (httpx.TimeoutException,), (httpx.TransportError,)
+
+# An error *event* inside a 200 stream carries the stream's own status; its error.type says what failed.
+_ERROR_TYPE_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
 
 def _status_of(exc: BaseException) -> int | None:
     status = getattr(exc, "status_code", None)
-    return status if isinstance(status, int) else None
+    if not isinstance(status, int):
+        return None
+    if status < 400:
+        body: Any = getattr(exc, "body", None)
+        inner = body.get("error") if isinstance(body, dict) else None
+        return _ERROR_TYPE_STATUS.get(inner.get("type")) if isinstance(inner, dict) else None
+    return status
 
 
 def _detail_of(exc: BaseException) -> str:
@@ -70,9 +97,9 @@ def classify(exc: BaseException, provider: str) -> ProviderFailed:
         return ProviderFailed(
             f"{name} is unavailable or overloaded (HTTP {status or 'error'}).", retryable=True
         )
-    if "Timeout" in kind or isinstance(exc, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException)):
+    if "Timeout" in kind or isinstance(exc, (TimeoutError, asyncio.TimeoutError, *_TIMEOUTS)):
         return ProviderFailed(f"{name} did not answer in time.", retryable=True)
-    if "Connection" in kind or isinstance(exc, (httpx.TransportError, OSError)):
+    if "Connection" in kind or isinstance(exc, (*_TRANSPORT, OSError)):
         return ProviderFailed(f"Could not reach {name}.", retryable=True)
     if status is not None:
         return ProviderFailed(f"{name} rejected the request (HTTP {status}).")
