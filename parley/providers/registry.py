@@ -63,7 +63,7 @@ BUILTIN = ModelsFile(
             models=["claude-*"],
         ),
     },
-    aliases={"claude-mini": "claude-haiku-4-5"},
+    aliases={"claude-mini": "claude-haiku-5-5"},
 )
 
 

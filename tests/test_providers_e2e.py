@@ -1,0 +1,187 @@
+"""Real providers end to end: Parley (not in dev mode) → the vendor's SDK → a local fake of the vendor's API.
+
+A turn against a real model must behave exactly like one against `demo`: same events, same invariants,
+same persistence — and every provider failure shows up as PROTOCOL events and stored fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LiveServer, live_server, make_settings
+from tests.providers.fake_anthropic import FakeAnthropic
+
+KEY = "sk-ant-test-key-never-shown"
+MANUAL_SCRIPT = Path(__file__).parent / "manual" / "test_session_persistence_manual.py"
+
+
+@pytest.fixture
+async def fake_anthropic() -> AsyncIterator[FakeAnthropic]:
+    async with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def claude_server(
+    fake_anthropic: FakeAnthropic, tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LiveServer]:
+    """Parley on SQLite and PostgreSQL, its Anthropic provider pointed at the fake."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.base_url)
+    settings = make_settings(tmp_path, database_url, provider_retry_backoff_s=0.01)
+    async with live_server(settings) as server:
+        yield server
+
+
+async def test_claude_turns_keep_the_session_reasoning_and_usage(
+    claude_server: LiveServer, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(
+        text_chunks=["Hello", " there."], thinking_chunks=["Let me ", "think."], usage=(12, 7)
+    )
+    fake_anthropic.script(text_chunks=["Again", "!"], usage=(30, 2))
+    async with await claude_server.client() as client:
+        first = await client.turn(await client.chat("Hi Claude", model="claude-mini"))
+        second = await client.turn(
+            await client.chat("And again", model="claude-mini", session_id=first.session_id or "")
+        )
+
+    assert first.events[0]["content"]["provider"] == "anthropic"
+    assert first.kinds == [
+        "working",
+        "reasoning",
+        "reasoning",
+        "text",
+        "text",
+        "dbOperationExecuted",
+        "fullProcessComplete",
+    ]
+    assert (first.status, first.text, first.usage) == (
+        "completed",
+        "Hello there.",
+        {"input_tokens": 12, "output_tokens": 7},
+    )
+    assert second.session_id == first.session_id
+    assert fake_anthropic.requests[0]["model"] == "claude-haiku-5-5"  # the alias, resolved upstream
+    assert fake_anthropic.requests[1]["messages"] == [
+        {"role": "user", "content": "Hi Claude"},
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "And again"},
+    ]
+    rows = await claude_server.store.session_messages(uuid.UUID(first.session_id or ""))
+    answer = rows[1]
+    assert (answer.content, answer.reasoning, answer.status) == ("Hello there.", "Let me think.", "completed")
+    assert (answer.model, answer.provider, answer.usage) == (
+        "claude-mini",
+        "anthropic",
+        {"input_tokens": 12, "output_tokens": 7},
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "message", "code", "attempts"),
+    [
+        (429, "rate_limit_error", "Number of requests exceeded", "rate_limited", 3),
+        (401, "authentication_error", "invalid x-api-key", "provider_error", 1),
+        (
+            400,
+            "invalid_request_error",
+            "prompt is too long: 250000 tokens > 200000 maximum",
+            "context_too_long",
+            1,
+        ),
+        (529, "overloaded_error", "Overloaded", "provider_error", 3),
+    ],
+)
+async def test_http_failures_become_protocol_errors(
+    claude_server: LiveServer,
+    fake_anthropic: FakeAnthropic,
+    status: int,
+    error_type: str,
+    message: str,
+    code: str,
+    attempts: int,
+) -> None:
+    fake_anthropic.fail(status, error_type, message)
+    async with await claude_server.client() as client:
+        summary = await client.turn(await client.chat("Hi", model="claude-sonnet-5-5"))
+    assert summary.status == "error"
+    assert summary.error is not None
+    assert (summary.error["stage"], summary.error["code"]) == ("provider", code)
+    assert KEY not in summary.error["content"]
+    if status == 401:
+        assert "key" in summary.error["content"].lower()
+    assert len(fake_anthropic.requests) == attempts  # transient failures retried before the first token
+    rows = await claude_server.store.session_messages(uuid.UUID(summary.session_id or ""))
+    assert (rows[1].status, rows[1].content, rows[1].error_code) == ("error", "", code)
+
+
+async def test_mid_stream_error_keeps_the_partial_answer_and_is_not_retried(
+    claude_server: LiveServer, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.error_after(2, text_chunks=["one ", "two ", "three"])
+    async with await claude_server.client() as client:
+        summary = await client.turn(await client.chat("Hi", model="claude-sonnet-5-5"))
+    assert summary.status == "error"
+    assert summary.error is not None
+    assert summary.error["stage"] == "provider"
+    assert summary.text == "one two "
+    assert len(fake_anthropic.requests) == 1
+    rows = await claude_server.store.session_messages(uuid.UUID(summary.session_id or ""))
+    assert (rows[1].status, rows[1].content) == ("error", "one two ")
+
+
+async def test_cancel_closes_the_upstream_stream_and_keeps_usage(
+    claude_server: LiveServer, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(text_chunks=[f"w{i} " for i in range(200)], delay_s=0.05, usage=(21, 200))
+    async with await claude_server.client() as client:
+        rid = await client.chat("Tell me a long story", model="claude-sonnet-5-5")
+        await client.wait_for(rid, "text")
+        await client.send({"type": "cancel", "request_id": rid})
+        summary = await client.turn(rid)
+    assert summary.status == "cancelled"
+    await asyncio.wait_for(fake_anthropic.client_disconnected.wait(), 2)
+    assert summary.usage is not None
+    assert summary.usage["input_tokens"] == 21
+    rows = await claude_server.store.session_messages(uuid.UUID(summary.session_id or ""))
+    assert (rows[1].status, rows[1].content) == ("cancelled", summary.text)
+
+
+async def test_claude_without_a_key_is_not_configured(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path)) as server, await server.client() as client:
+        summary = await client.turn(await client.chat("Hi", model="claude-mini"))
+    assert summary.error is not None
+    assert (summary.error["stage"], summary.error["code"]) == ("validation", "provider_not_configured")
+    assert "ANTHROPIC_API_KEY" in summary.error["content"]
+
+
+async def test_manual_session_check_passes_against_claude(
+    claude_server: LiveServer, fake_anthropic: FakeAnthropic
+) -> None:
+    """The first user's own manual script, unchanged, against a non-dev Parley backed by 'Anthropic'."""
+    fake_anthropic.script(text_chunks=["Hi", " from", " Claude."])
+    env = {
+        "JWT_TOKEN": claude_server.token(),
+        "BACKEND_WS_URL": claude_server.ws_url,
+        "CHAT_MODEL": "claude-mini",
+        "EVENT_TIMEOUT": "10",
+        "PATH": "/usr/bin:/bin",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(MANUAL_SCRIPT),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "✅ TEST PASSED" in text
