@@ -1,0 +1,45 @@
+"""The engine: SQLite runs in WAL mode with a busy timeout and foreign keys; migrations go both ways."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from sqlalchemy import inspect, text
+
+from parley.store.db import alembic_config, create_engine, migrate
+
+
+async def test_sqlite_pragmas(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db' / 'p.db'}")  # the folder is created
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == 5000
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_migrations_upgrade_twice_and_downgrade(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+        await migrate(engine)  # idempotent
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert {"chat_sessions", "chat_messages", "alembic_version"} <= tables
+
+        def downgrade(connection: object) -> None:
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.downgrade(config, "base")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade)
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert "chat_messages" not in tables
+    finally:
+        await engine.dispose()
