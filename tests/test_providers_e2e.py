@@ -11,11 +11,13 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import LiveServer, live_server, make_settings
 from tests.providers.fake_anthropic import FakeAnthropic
+from tests.providers.fake_openai import FakeOpenAI
 
 KEY = "sk-ant-test-key-never-shown"
 MANUAL_SCRIPT = Path(__file__).parent / "manual" / "test_session_persistence_manual.py"
@@ -167,10 +169,14 @@ async def test_manual_session_check_passes_against_claude(
 ) -> None:
     """The first user's own manual script, unchanged, against a non-dev Parley backed by 'Anthropic'."""
     fake_anthropic.script(text_chunks=["Hi", " from", " Claude."])
+    await run_manual_check(claude_server, "claude-mini")
+
+
+async def run_manual_check(server: LiveServer, model: str) -> None:
     env = {
-        "JWT_TOKEN": claude_server.token(),
-        "BACKEND_WS_URL": claude_server.ws_url,
-        "CHAT_MODEL": "claude-mini",
+        "JWT_TOKEN": server.token(),
+        "BACKEND_WS_URL": server.ws_url,
+        "CHAT_MODEL": model,
         "EVENT_TIMEOUT": "10",
         "PATH": "/usr/bin:/bin",
     }
@@ -185,3 +191,134 @@ async def test_manual_session_check_passes_against_claude(
     text = output.decode()
     assert process.returncode == 0, text
     assert "✅ TEST PASSED" in text
+
+
+# -- OpenAI (and every OpenAI-compatible server) -----------------------------------------------------
+
+OPENAI_KEY = "sk-openai-test-key-never-shown"
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def gpt_server(
+    fake_openai: FakeOpenAI, tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LiveServer]:
+    """Parley on SQLite and PostgreSQL, its OpenAI provider pointed at the fake by OPENAI_BASE_URL."""
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    settings = make_settings(tmp_path, database_url, provider_retry_backoff_s=0.01)
+    async with live_server(settings) as server:
+        yield server
+
+
+async def test_gpt_turns_keep_the_session_reasoning_and_usage(
+    gpt_server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(text_chunks=["Hi", " you."], reasoning_chunks=["Hmm", "."], usage=(9, 4))
+    fake_openai.script(text_chunks=["Sure."], usage=(20, 1))
+    async with await gpt_server.client() as client:
+        first = await client.turn(
+            await client.chat("Hello GPT", model="gpt-4o-mini", system_prompt="Be brief.")
+        )
+        second = await client.turn(
+            await client.chat("More", model="gpt-4o-mini", session_id=first.session_id or "")
+        )
+    assert first.events[0]["content"]["provider"] == "openai"
+    assert first.kinds == [
+        "working",
+        "reasoning",
+        "reasoning",
+        "text",
+        "text",
+        "dbOperationExecuted",
+        "fullProcessComplete",
+    ]
+    assert (first.text, first.usage) == ("Hi you.", {"input_tokens": 9, "output_tokens": 4})
+    assert second.session_id == first.session_id
+    request = fake_openai.requests[1]
+    assert request["model"] == "gpt-4o-mini"
+    assert request["stream_options"] == {"include_usage": True}
+    assert [m["role"] for m in request["messages"]] == ["user", "assistant", "user"]
+    assert fake_openai.requests[0]["messages"][0] == {"role": "system", "content": "Be brief."}
+    rows = await gpt_server.store.session_messages(uuid.UUID(first.session_id or ""))
+    assert (rows[1].content, rows[1].reasoning, rows[1].usage) == (
+        "Hi you.",
+        "Hmm.",
+        {"input_tokens": 9, "output_tokens": 4},
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "attempts"),
+    [
+        (429, None, "rate_limited", 3),
+        (401, None, "provider_error", 1),
+        (
+            400,
+            {
+                "error": {
+                    "message": "This model's maximum context length is 128000 tokens.",
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            },
+            "context_too_long",
+            1,
+        ),
+        (500, None, "provider_error", 3),
+    ],
+)
+async def test_gpt_http_failures_become_protocol_errors(
+    gpt_server: LiveServer,
+    fake_openai: FakeOpenAI,
+    status: int,
+    body: dict[str, Any] | None,
+    code: str,
+    attempts: int,
+) -> None:
+    fake_openai.fail(status, body)
+    async with await gpt_server.client() as client:
+        summary = await client.turn(await client.chat("Hi", model="gpt-4o-mini"))
+    assert summary.error is not None
+    assert (summary.error["stage"], summary.error["code"]) == ("provider", code)
+    assert OPENAI_KEY not in summary.error["content"]
+    assert len(fake_openai.requests) == attempts
+    rows = await gpt_server.store.session_messages(uuid.UUID(summary.session_id or ""))
+    assert (rows[1].status, rows[1].error_code) == ("error", code)
+
+
+async def test_gpt_stream_ending_early_keeps_the_partial_answer(
+    gpt_server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.cut_after(2, text_chunks=["one ", "two ", "three "])
+    async with await gpt_server.client() as client:
+        summary = await client.turn(await client.chat("Hi", model="gpt-4o-mini"))
+    assert summary.error is not None
+    assert summary.error["stage"] == "provider"
+    assert "ended early" in summary.error["content"]
+    assert summary.text == "one two "
+    assert len(fake_openai.requests) == 1  # text was sent: never retried
+
+
+async def test_gpt_cancel_closes_the_upstream_stream(gpt_server: LiveServer, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(text_chunks=[f"w{i} " for i in range(200)], delay_s=0.05)
+    async with await gpt_server.client() as client:
+        rid = await client.chat("Long story please", model="gpt-4o-mini")
+        await client.wait_for(rid, "text")
+        await client.send({"type": "cancel", "request_id": rid})
+        summary = await client.turn(rid)
+    assert summary.status == "cancelled"
+    await asyncio.wait_for(fake_openai.client_disconnected.wait(), 2)
+
+
+async def test_manual_session_check_passes_against_gpt(
+    gpt_server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(text_chunks=["Hi", " from", " GPT."])
+    await run_manual_check(gpt_server, "gpt-4o-mini")

@@ -48,18 +48,24 @@ _ERROR_TYPE_STATUS = {
     "api_error": 500,
     "timeout_error": 504,
     "overloaded_error": 529,
+    "server_error": 500,  # OpenAI's in-stream error types
+    "rate_limit_exceeded": 429,
 }
 
 
 def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status, or for an error event inside a 200 stream, the status its error type stands for."""
     status = getattr(exc, "status_code", None)
-    if not isinstance(status, int):
+    if isinstance(status, int) and status >= 400:
+        return status
+    body: Any = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None  # OpenAI's body is the inner dict
+    if not isinstance(inner, dict):
         return None
-    if status < 400:
-        body: Any = getattr(exc, "body", None)
-        inner = body.get("error") if isinstance(body, dict) else None
-        return _ERROR_TYPE_STATUS.get(inner.get("type")) if isinstance(inner, dict) else None
-    return status
+    code = inner.get("code")
+    if isinstance(code, int) and 400 <= code <= 599:  # OpenRouter puts the status in `code`
+        return code
+    return _ERROR_TYPE_STATUS.get(str(inner.get("type"))) or _ERROR_TYPE_STATUS.get(str(code))
 
 
 def _detail_of(exc: BaseException) -> str:

@@ -20,13 +20,17 @@ from parley.providers.base import Provider, ProviderEvent, ProviderRequest, Reas
 from parley.providers.errors import DISPLAY_NAMES, provider_errors
 
 NO_KEY = "not-needed"  # the SDK insists on a key; keyless local servers ignore it
-REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")  # take max_completion_tokens, not max_tokens
+REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")  # max_completion_tokens, not max_tokens; no temperature
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 MAX_STOPS = 16
 
 
 def _number(value: object, low: float, high: float) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def _stop(value: object) -> bool:
@@ -43,10 +47,7 @@ def _stop(value: object) -> bool:
 OPTIONS: dict[str, tuple[Callable[[object], bool], str]] = {
     "reasoning_effort": (lambda v: isinstance(v, str) and bool(v), 'a string such as "low" or "high"'),
     "top_p": (lambda v: _number(v, 0, 1), "a number from 0 to 1"),
-    "seed": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63,
-        "a whole number",
-    ),
+    "seed": (_whole, "a whole number"),
     "stop": (_stop, f"a non-empty string or a list of up to {MAX_STOPS} non-empty strings"),
     "presence_penalty": (lambda v: _number(v, -2, 2), "a number from -2 to 2"),
     "frequency_penalty": (lambda v: _number(v, -2, 2), "a number from -2 to 2"),
@@ -75,10 +76,10 @@ def _body(request: ProviderRequest) -> dict[str, object]:
         for key, (accepts, _) in OPTIONS.items()
         if (value := request.options.get(key)) is not None and accepts(value)
     }
-    if request.temperature is not None:
+    reasoning = request.model.startswith(REASONING_MODELS)
+    if request.temperature is not None and not reasoning:  # reasoning models refuse any but the default
         body["temperature"] = request.temperature
     if request.max_tokens is not None:
-        reasoning = request.model.startswith(REASONING_MODELS)
         body["max_completion_tokens" if reasoning else "max_tokens"] = request.max_tokens
     return body
 

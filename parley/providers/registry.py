@@ -38,6 +38,7 @@ class EndpointConfig(BaseModel):
     prefix: str | None = None  # "ollama/" → "ollama/<model>" is sent upstream as "<model>"
     models: list[str] = Field(default_factory=list)  # more name patterns served as named
     timeout_s: float = Field(default=120.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)  # sent with every request (e.g. OpenRouter's)
 
 
 class ModelsFile(BaseModel):
@@ -76,6 +77,14 @@ def load_models_file(path: Path | None) -> ModelsFile:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"cannot read the models file {path}: {exc}") from None
     given = ModelsFile.model_validate(data)
+    for name, endpoint in given.providers.items():
+        if (
+            name not in BUILTIN.providers
+            and endpoint.kind != "demo"
+            and not (endpoint.base_url or endpoint.base_url_env)
+        ):
+            # Without one the SDK would send this endpoint's key to the vendor's own API.
+            raise ValueError(f"models file {path}: providers.{name} needs base_url (or base_url_env)")
     # Endpoints new in the file come first, so their patterns win over the built-ins' (routes go in order).
     providers = {name: e for name, e in given.providers.items() if name not in BUILTIN.providers}
     for name, builtin in BUILTIN.providers.items():
@@ -237,5 +246,9 @@ def build_provider(endpoint: Endpoint) -> Provider:
     from parley.providers.openai import OpenAIProvider
 
     return OpenAIProvider(
-        endpoint.name, api_key=endpoint.api_key, base_url=endpoint.base_url, timeout_s=config.timeout_s
+        endpoint.name,
+        api_key=endpoint.api_key,
+        base_url=endpoint.base_url,
+        timeout_s=config.timeout_s,
+        headers=config.headers or None,
     )

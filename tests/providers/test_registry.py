@@ -138,3 +138,11 @@ def test_describe_lists_configuration_without_keys() -> None:
     assert rows["anthropic"]["key_env"] == "ANTHROPIC_API_KEY"
     assert "claude-mini" in rows["anthropic"]["aliases"]
     assert "sk-secret" not in repr(rows)
+
+
+def test_a_named_endpoint_needs_a_base_url(tmp_path: Path) -> None:
+    """Without one, the SDK would send that endpoint's key to the vendor's own API."""
+    path = tmp_path / "models.toml"
+    path.write_text('[providers.groq]\nkind = "openai"\nkey_env = "GROQ_API_KEY"\nmodels = ["llama-*"]\n')
+    with pytest.raises(ValueError, match="base_url"):
+        load_models_file(path)

@@ -1,0 +1,272 @@
+"""A fake OpenAI-compatible Chat Completions server: real HTTP on a free loopback port, real SSE wire format.
+
+Start it in the test's own loop (``async with FakeOpenAI() as fake``), point the SDK at ``fake.base_url``
+and script the replies. Replies are queued: each request takes the next unused one; once all are used, the
+last one answers every later request (none queued: a short default answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+CHUNK_ID = "chatcmpl-fake0001"
+CREATED = 1_700_000_000
+
+
+def error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    """OpenAI's JSON error body."""
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+DEFAULT_ERRORS: dict[int, dict[str, Any]] = {
+    400: error_body("Invalid request.", "invalid_request_error", None),
+    401: error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    429: error_body("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+    500: error_body("The server had an error while processing your request.", "server_error", None),
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer: an HTTP error (``status`` ≠ 200) or an event stream."""
+
+    status: int = 200
+    body: dict[str, Any] = field(default_factory=dict)  # HTTP error: the JSON body
+    text_chunks: tuple[str, ...] = ("Hello", " from", " the fake.")
+    reasoning_chunks: tuple[str, ...] = ()
+    reasoning_field: str = "reasoning_content"  # or "reasoning" (OpenRouter, Ollama)
+    refusal_chunks: tuple[str, ...] = ()
+    delay_s: float = 0.0  # before each content delta
+    usage: tuple[int, int] = (10, 5)  # (prompt tokens, completion tokens)
+    finish_reason: str = "stop"
+    cut_after: int | None = None  # the stream stops after this many deltas: no finish_reason, no [DONE]
+    abrupt: bool = False  # with cut_after: drop the connection instead of ending the body cleanly
+    error_after: int | None = None  # after this many deltas, a `data: {"error": ...}` event, then the end
+    stream_error: dict[str, Any] = field(
+        default_factory=lambda: error_body("The server had an error.", "server_error", None)
+    )
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event as OpenAI writes it: a ``data:`` line and a blank line."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+def chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {
+        "id": CHUNK_ID,
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def _usage_chunk(model: str, usage: tuple[int, int]) -> dict[str, Any]:
+    prompt, completion = usage
+    totals = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "id": CHUNK_ID,
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": model,
+        "choices": [],
+        "usage": totals,
+    }
+
+
+def _frames(reply: Reply, model: str, include_usage: bool) -> list[tuple[float, bytes]]:
+    """(delay before, bytes) for the whole stream, stopping at a scripted cut or error."""
+    frames = [(0.0, sse(chunk(model, {"role": "assistant", "content": ""})))]
+    deltas = [{reply.reasoning_field: text} for text in reply.reasoning_chunks]
+    deltas += [{"content": text} for text in reply.text_chunks]
+    deltas += [{"refusal": text} for text in reply.refusal_chunks]
+    for sent, delta in enumerate(deltas):
+        if reply.cut_after is not None and sent >= reply.cut_after:
+            return frames
+        if reply.error_after is not None and sent >= reply.error_after:
+            return [*frames, (0.0, sse(reply.stream_error))]
+        frames.append((reply.delay_s, sse(chunk(model, delta))))
+    if reply.cut_after is not None:
+        return frames
+    if reply.error_after is not None:
+        return [*frames, (0.0, sse(reply.stream_error))]
+    frames.append((0.0, sse(chunk(model, {}, reply.finish_reason))))
+    if include_usage:
+        frames.append((0.0, sse(_usage_chunk(model, reply.usage))))
+    return [*frames, (0.0, sse("[DONE]"))]
+
+
+class _EventStream(Response):
+    """Sends the frames, and notes a client that hangs up before the stream's end."""
+
+    def __init__(self, frames: list[tuple[float, bytes]], abrupt: bool, fake: FakeOpenAI) -> None:
+        super().__init__(status_code=200, media_type="text/event-stream")
+        self.frames = frames
+        self.abrupt = abrupt
+        self.fake = fake
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-request-id", b"req_fake")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        ended = False
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not ended:
+                self.fake.client_disconnected.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            for delay, frame in self.frames:
+                if delay:
+                    await asyncio.wait({watcher}, timeout=delay)
+                if watcher.done():
+                    return
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            if self.abrupt:
+                return  # uvicorn closes the connection of a response left unfinished
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            ended = True
+            watcher.cancel()
+            await self.fake._stream_ended()
+
+
+class FakeOpenAI:
+    """The fake server. ``requests`` holds each request's JSON body, ``headers`` its headers."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.client_disconnected = asyncio.Event()
+        self.streams_ended = 0  # event streams finished, however they ended
+        self._ended = asyncio.Condition()
+        self._replies: list[Reply] = []
+        self._used = 0
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # --- scripting -------------------------------------------------------------------------------
+
+    def reply(self, reply: Reply) -> None:
+        self._replies.append(reply)
+
+    def script(
+        self,
+        text_chunks: Sequence[str] = ("Hello", " from", " the fake."),
+        reasoning_chunks: Sequence[str] = (),
+        reasoning_field: str = "reasoning_content",
+        delay_s: float = 0.0,
+        usage: tuple[int, int] = (10, 5),
+        finish_reason: str = "stop",
+        refusal_chunks: Sequence[str] = (),
+    ) -> None:
+        """A complete streamed answer: reasoning deltas, then text deltas, finish_reason, usage, [DONE]."""
+        self.reply(
+            Reply(
+                text_chunks=tuple(text_chunks),
+                reasoning_chunks=tuple(reasoning_chunks),
+                reasoning_field=reasoning_field,
+                refusal_chunks=tuple(refusal_chunks),
+                delay_s=delay_s,
+                usage=usage,
+                finish_reason=finish_reason,
+            )
+        )
+
+    def fail(self, status: int = 429, body: dict[str, Any] | None = None) -> None:
+        """An HTTP error with the vendor's JSON error body, before any stream."""
+        default = DEFAULT_ERRORS.get(status, error_body(f"HTTP {status}", "server_error", None))
+        self.reply(Reply(status=status, body=default if body is None else body))
+
+    def cut_after(
+        self, n_chunks: int, text_chunks: Sequence[str] = ("one ", "two ", "three "), abrupt: bool = False
+    ) -> None:
+        """A 200 stream that stops after ``n_chunks`` deltas, with no finish_reason and no [DONE]."""
+        self.reply(Reply(text_chunks=tuple(text_chunks), cut_after=n_chunks, abrupt=abrupt))
+
+    def error_after(
+        self,
+        n_chunks: int,
+        error: dict[str, Any] | None = None,
+        text_chunks: Sequence[str] = ("one ", "two ", "three "),
+    ) -> None:
+        """A 200 stream: ``n_chunks`` deltas, then ``data: {"error": ...}`` (as OpenRouter and vLLM do)."""
+        reply = Reply(text_chunks=tuple(text_chunks), error_after=n_chunks)
+        self.reply(reply if error is None else replace(reply, stream_error=error))
+
+    def _next_reply(self) -> Reply:
+        if self._used < len(self._replies):
+            self._used += 1
+            return self._replies[self._used - 1]
+        return self._replies[-1] if self._replies else Reply()
+
+    async def wait_streams_ended(self, count: int) -> None:
+        async with self._ended:
+            await self._ended.wait_for(lambda: self.streams_ended >= count)
+
+    async def _stream_ended(self) -> None:
+        async with self._ended:
+            self.streams_ended += 1
+            self._ended.notify_all()
+
+    # --- serving -------------------------------------------------------------------------------
+
+    async def _completions(self, request: Request) -> Response:
+        body: dict[str, Any] = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        reply = self._next_reply()
+        if reply.status != 200:
+            return JSONResponse(reply.body, status_code=reply.status, headers={"x-request-id": "req_fake"})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        frames = _frames(reply, str(body.get("model", "")), include_usage)
+        return _EventStream(frames, reply.abrupt, self)
+
+    async def start(self) -> None:
+        app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        config.timeout_graceful_shutdown = 2
+        self._server = server = uvicorn.Server(config)
+        self._task = task = asyncio.create_task(server.serve())
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the fake OpenAI server stopped during startup")
+                await asyncio.sleep(0.01)
+        self.port = server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await asyncio.wait_for(self._task, 10)
+
+    async def __aenter__(self) -> FakeOpenAI:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
