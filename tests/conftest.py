@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import httpx2
 import pytest
 
 from parley.app import Runtime, create_app
@@ -62,18 +63,21 @@ PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHR
 
 @pytest.fixture(autouse=True)
 def no_real_providers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never reach a real model API: keys from the environment are hidden, and any HTTP request
-    (the vendor SDKs all use httpx) to a host other than loopback fails the test."""
+    """Tests never reach a real model API: keys in the environment are hidden, and any HTTP request to a
+    host other than loopback fails the test — through httpx and httpx2 (the vendor SDKs' transport)."""
     for name in PROVIDER_ENV:
         monkeypatch.delenv(name, raising=False)
-    original = httpx.AsyncHTTPTransport.handle_async_request
+    for transport in (httpx.AsyncHTTPTransport, httpx2.AsyncHTTPTransport):
+        monkeypatch.setattr(transport, "handle_async_request", _loopback_only(transport.handle_async_request))
 
-    async def guarded(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
+
+def _loopback_only(send: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def guarded(self: Any, request: Any) -> Any:
         if request.url.host not in LOOPBACK:
             pytest.fail(f"a test tried to reach {request.url.host}: tests talk only to local fake servers")
-        return await original(self, request)
+        return await send(self, request)
 
-    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", guarded)
+    return guarded
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from parley.providers.base import ChatMessage, ProviderRequest
+from parley.providers.registry import BUILTIN, Endpoint, build_provider
 from tests.conftest import LiveServer, live_server, make_settings
 from tests.providers.fake_anthropic import FakeAnthropic
 from tests.providers.fake_openai import FakeOpenAI
@@ -322,3 +324,35 @@ async def test_manual_session_check_passes_against_gpt(
 ) -> None:
     fake_openai.script(text_chunks=["Hi", " from", " GPT."])
     await run_manual_check(gpt_server, "gpt-4o-mini")
+
+
+# -- configuration over REST, and the guard against real providers -------------------------------------
+
+
+async def test_models_endpoint_lists_what_is_configured(gpt_server: LiveServer) -> None:
+    async with gpt_server.http() as http:
+        body = (await http.get("/api/v1/models")).json()
+    async with gpt_server.http(customer_id=None) as anonymous:
+        assert (await anonymous.get("/api/v1/models")).status_code == 401
+    rows = {row["provider"]: row for row in body["providers"]}
+    assert rows["openai"]["configured"] is True
+    assert rows["openai"]["served_by"] == "openai"
+    assert rows["anthropic"]["configured"] is False
+    assert rows["anthropic"]["key_env"] == "ANTHROPIC_API_KEY"
+    assert rows["anthropic"]["served_by"] is None
+    assert OPENAI_KEY not in str(body)
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+async def test_tests_cannot_reach_a_real_provider(sdk: str) -> None:
+    provider = build_provider(
+        Endpoint(
+            sdk, BUILTIN.providers[sdk], api_key="sk-real-looking", base_url=None
+        )  # the vendor's own host
+    )
+    try:
+        with pytest.raises(pytest.fail.Exception, match="tests talk only to local fake servers"):
+            async for _ in provider.stream(ProviderRequest("gpt-4o-mini", [ChatMessage("user", "hi")])):
+                pass
+    finally:
+        await provider.aclose()
