@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(default=30 * 60, gt=0)
     send_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     send_stall_timeout_s: float = Field(default=10.0, gt=0)
+    coalesce_ms: float = Field(default=0, ge=0, le=1000)
     checkpoint_interval_s: float = Field(default=1.0, gt=0)
     provider_attempts: int = Field(default=3, ge=1, le=10)
     provider_retry_backoff_s: float = Field(default=0.25, ge=0)

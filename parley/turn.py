@@ -6,14 +6,14 @@ A turn knows nothing of sockets: it writes events to a ``Channel``, which the co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from parley.answer import Answer, Checkpointer, TextSender
 from parley.auth import Identity
 from parley.config import Dialect, Settings
 from parley.context import build_context
@@ -31,7 +31,6 @@ from parley.providers.base import (
     ProviderRequest,
     ReasoningDelta,
     TextDelta,
-    Usage,
     stream_with_retries,
 )
 from parley.providers.registry import ModelRegistry, Resolved
@@ -59,30 +58,6 @@ class TurnServices:
     settings: Settings
     store: Store
     registry: ModelRegistry
-
-
-@dataclass
-class Answer:
-    """The answer as streamed so far; ``text`` is exactly the deltas sent (invariant 11)."""
-
-    text: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
-    version: int = 0
-
-    @property
-    def content(self) -> str:
-        return "".join(self.text)
-
-    @property
-    def reasoning_text(self) -> str | None:
-        return "".join(self.reasoning) if self.reasoning else None
-
-    def add_usage(self, usage: Usage) -> None:
-        if usage.input_tokens is not None:
-            self.usage["input_tokens"] = usage.input_tokens
-        if usage.output_tokens is not None:
-            self.usage["output_tokens"] = usage.output_tokens
 
 
 def request_id_of(raw: dict[str, Any]) -> str:
@@ -252,6 +227,7 @@ class Turn:
         """Provider events → client events. The hot path: no database, no logging, no needless awaits."""
         events, out = self.events, self.out
         settings = self.services.settings
+        text = TextSender(events.text, answer, settings.coalesce_ms / 1000)
         stream = stream_with_retries(
             resolved.provider, request, settings.provider_attempts, settings.provider_retry_backoff_s
         )
@@ -259,11 +235,10 @@ class Turn:
             async for item in stream:
                 if isinstance(item, TextDelta):
                     if item.text:
-                        answer.text.append(item.text)
-                        answer.version += 1
-                        events.text(item.text)
+                        text.add(item.text)
                 elif isinstance(item, ReasoningDelta):
                     if item.text:
+                        text.flush()
                         answer.reasoning.append(item.text)
                         answer.version += 1
                         events.reasoning(item.text)
@@ -277,6 +252,7 @@ class Turn:
             log.exception("turn %s: provider %s failed", self.request_id, resolved.provider.name)
             raise ProviderFailed("The model provider failed.") from exc
         finally:
+            text.flush()  # what arrived goes out before the turn's closing events, also on cancel
             await stream.aclose()
 
     async def _finish(
@@ -313,35 +289,3 @@ class Turn:
         self.events.error(error.stage, error.code, error.message)
         self.events.complete_turn("error")
         return "error"
-
-
-class Checkpointer:
-    """Writes the answer so far about once per interval while it streams; never per token."""
-
-    def __init__(self, store: Store, message_id: uuid.UUID, answer: Answer, interval_s: float) -> None:
-        self._store = store
-        self._message_id = message_id
-        self._answer = answer
-        self._interval = interval_s
-        self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        """Let a write in flight finish (never cancel mid-write), then end."""
-        self._stopping.set()
-        await self._task
-
-    async def _run(self) -> None:
-        written = 0
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
-            if self._stopping.is_set() or self._answer.version == written:
-                continue
-            written = self._answer.version
-            try:
-                await self._store.checkpoint(
-                    self._message_id, self._answer.content, self._answer.reasoning_text
-                )
-            except DatabaseFailed:
-                log.warning("checkpoint of message %s failed; the final write will retry", self._message_id)

@@ -1,0 +1,113 @@
+"""The answer as it streams: what was sent (exactly the deltas, invariant 11), how text deltas are sent,
+and the checkpoints that save it about once a second — never per token."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from parley.errors import DatabaseFailed
+from parley.providers.base import Usage
+from parley.store.repository import Store
+
+log = logging.getLogger("parley.turn")
+
+
+@dataclass
+class Answer:
+    """The answer as streamed so far; ``text`` is exactly the deltas sent (invariant 11)."""
+
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def content(self) -> str:
+        return "".join(self.text)
+
+    @property
+    def reasoning_text(self) -> str | None:
+        return "".join(self.reasoning) if self.reasoning else None
+
+    def add_usage(self, usage: Usage) -> None:
+        if usage.input_tokens is not None:
+            self.usage["input_tokens"] = usage.input_tokens
+        if usage.output_tokens is not None:
+            self.usage["output_tokens"] = usage.output_tokens
+
+
+class TextSender:
+    """Sends text deltas, recording each in the answer. With a window, deltas that arrive within it of the
+    last send are merged into one event; a delta after a quiet spell (and so the first) goes at once."""
+
+    def __init__(self, emit: Callable[[str], None], answer: Answer, window_s: float) -> None:
+        self._emit = emit
+        self._answer = answer
+        self._window = window_s
+        self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_sent = -window_s
+
+    def add(self, text: str) -> None:
+        if self._window <= 0:
+            self._send(text)
+            return
+        now = asyncio.get_running_loop().time()
+        if self._timer is None and now - self._last_sent >= self._window:
+            self._send(text)
+            self._last_sent = now
+            return
+        self._pending.append(text)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(self._last_sent + self._window, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            self._send("".join(self._pending))
+            self._pending.clear()
+            self._last_sent = asyncio.get_running_loop().time()
+
+    def _send(self, text: str) -> None:
+        self._answer.text.append(text)
+        self._answer.version += 1
+        self._emit(text)
+
+
+class Checkpointer:
+    """Writes the answer so far about once per interval while it streams; never per token."""
+
+    def __init__(self, store: Store, message_id: uuid.UUID, answer: Answer, interval_s: float) -> None:
+        self._store = store
+        self._message_id = message_id
+        self._answer = answer
+        self._interval = interval_s
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Let a write in flight finish (never cancel mid-write), then end."""
+        self._stopping.set()
+        await self._task
+
+    async def _run(self) -> None:
+        written = 0
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+            if self._stopping.is_set() or self._answer.version == written:
+                continue
+            written = self._answer.version
+            try:
+                await self._store.checkpoint(
+                    self._message_id, self._answer.content, self._answer.reasoning_text
+                )
+            except DatabaseFailed:
+                log.warning("checkpoint of message %s failed; the final write will retry", self._message_id)
