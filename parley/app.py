@@ -48,8 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry.from_config(models, build_provider, env=provider_env(), dev=settings.dev)
         try:
             await migrate(engine)
-            services = TurnServices(settings=settings, store=Store(engine), registry=registry)
-            runtime = Runtime(settings, verifier, services, Supervisor())
+            supervisor = Supervisor()
+            services = TurnServices(settings, Store(engine), registry, supervisor)
+            runtime = Runtime(settings, verifier, services, supervisor)
             app.state.runtime = runtime
             yield
             await runtime.supervisor.drain(settings.shutdown_grace_s)
@@ -57,15 +58,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.aclose()
             await engine.dispose()
 
+    from parley.api import errors
+    from parley.api.export import router as export_router
     from parley.api.health import router as health_router
     from parley.api.models import router as models_router
+    from parley.api.search import router as search_router
     from parley.api.sessions import router as sessions_router
     from parley.api.websocket import router as websocket_router
 
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
     app.include_router(health_router)
-    app.include_router(sessions_router, prefix="/api/v1")
-    app.include_router(models_router, prefix="/api/v1")
+    # export before sessions: /sessions/import is not a session id. Any /api/v1 route may answer 401, 503.
+    for router in (export_router, sessions_router, search_router, models_router):
+        app.include_router(router, prefix="/api/v1", responses=errors.error_responses(401, 503))
     app.include_router(websocket_router)
     return app
 

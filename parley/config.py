@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     event_dialect: Dialect = "camel"
     models_file: Path | None = Field(default=None, description="TOML file of provider endpoints and aliases")
     context_budget_chars: int = Field(default=400_000, ge=1000)
+    auto_title: bool = Field(default=False, description="a model-written title after the first answer")
 
     max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(default=100_000, ge=1)

@@ -45,6 +45,8 @@ class UserInput(_Frame):
     prompt: str | list[TextPart] = ""
     chat_history: list[HistoryMessage] = Field(default_factory=list)
     session_id: str | None = ""
+    edit_of: str | None = None  # a user message id: the prompt becomes its sibling (a new branch)
+    regenerate: str | None = None  # an assistant message id: a new answer beside it (prompt not needed)
 
 
 class TextSettings(_Frame):

@@ -35,6 +35,8 @@ from parley.providers.base import (
 )
 from parley.providers.registry import ModelRegistry, Resolved
 from parley.store.repository import ContextMessage, Store, TurnRecord
+from parley.tasks import Supervisor
+from parley.titles import schedule_title
 
 log = logging.getLogger("parley.turn")
 
@@ -58,6 +60,7 @@ class TurnServices:
     settings: Settings
     store: Store
     registry: ModelRegistry
+    supervisor: Supervisor | None = None  # owns work that outlives a turn (model-written titles)
 
 
 def request_id_of(raw: dict[str, Any]) -> str:
@@ -112,6 +115,8 @@ class Turn:
             return self._fail(exc)
         try:
             record = await self._persist_question(request, resolved)
+        except ValidationFailed as exc:  # a branch target not in the session: refused, nothing stored
+            return self._fail(exc)
         except DatabaseFailed as exc:
             log.exception("turn %s: could not store the question", self.request_id)
             return self._fail(exc)
@@ -120,7 +125,10 @@ class Turn:
         outcome = await self._stream(
             self._provider_request(request, resolved, record), resolved, answer, record
         )
-        return await self._finish(record, answer, outcome)
+        status = await self._finish(record, answer, outcome)
+        if status == "completed" and record.new_session:
+            schedule_title(self.services, resolved, record, answer.content)
+        return status
 
     # -- stages ------------------------------------------------------------------------------------
 
@@ -147,7 +155,7 @@ class Turn:
         if request.customer_id is not None and str(request.customer_id) != self.identity.customer_id:
             raise Forbidden("customer_id does not match the authenticated customer.")
         prompt = request.prompt_text
-        if not prompt.strip():
+        if not prompt.strip() and not request.user_input.regenerate:  # regenerate reuses the stored prompt
             raise ValidationFailed("The prompt is empty.", code="prompt_required")
         limit = self.services.settings.max_prompt_chars
         if len(prompt) > limit:
@@ -184,6 +192,8 @@ class Turn:
             provider=resolved.provider.name,
             request_id=self.request_id,
             imported=imported,
+            edit_of=request.user_input.edit_of or None,
+            regenerate=request.user_input.regenerate or None,
         )
 
     def _provider_request(
@@ -195,7 +205,7 @@ class Turn:
         else:
             history = [ChatMessage(m.role, join_text(m.content)) for m in request.user_input.chat_history]
         budget = self.services.settings.context_budget_chars
-        messages = build_context(text.system_prompt, history, request.prompt_text, budget)
+        messages = build_context(text.system_prompt, history, record.prompt, budget)
         return ProviderRequest(
             resolved.upstream_model, messages, text.temperature, text.max_tokens, text.options
         )

@@ -1,58 +1,128 @@
-"""Sessions over REST: ``GET /api/v1/sessions/{session_id}`` with its messages in order."""
+"""Sessions over REST: list, read (the active branch), rename and tag, delete; switch and prune branches.
+
+Every route is scoped to the token's customer: another customer's session, an unknown one and a malformed
+id all get the same 404. See docs/history.md.
+"""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel
+from fastapi import APIRouter, Query, Response, status
 
 from parley.api.deps import AppRuntime, CurrentCustomer
-from parley.store.tables import Message
+from parley.api.errors import error_responses, message_not_found, session_not_found
+from parley.api.schemas import (
+    ActiveLeafIn,
+    SessionOut,
+    SessionPage,
+    SessionPatch,
+    SessionSummary,
+    Tag,
+    Text,
+    UtcDateTime,
+)
+from parley.store.history import SessionFilters
+from parley.store.pagination import decode_session_cursor, encode_session_cursor
+from parley.store.repository import parse_uuid
 
 router = APIRouter(tags=["sessions"])
 
 
-class MessageOut(BaseModel):
-    id: uuid.UUID
-    role: str
-    content: str
-    reasoning: str | None
-    status: str
-    model: str | None
-    provider: str | None
-    usage: dict[str, Any] | None
-    request_id: str | None
-    parent_id: uuid.UUID | None
-    error_code: str | None
-    created_at: datetime
-
-    @classmethod
-    def of(cls, row: Message) -> MessageOut:
-        return cls.model_validate(row, from_attributes=True)
+def session_key(session_id: str) -> uuid.UUID:
+    key = parse_uuid(session_id)
+    if key is None:
+        raise session_not_found()
+    return key
 
 
-class SessionOut(BaseModel):
-    id: uuid.UUID
-    title: str
-    created_at: datetime
-    updated_at: datetime
-    messages: list[MessageOut]
+def message_key(message_id: str) -> uuid.UUID:
+    key = parse_uuid(message_id)
+    if key is None:
+        raise message_not_found()
+    return key
 
 
-@router.get("/sessions/{session_id}", responses={404: {"description": "No such session for this customer"}})
-async def get_session(session_id: str, customer: CurrentCustomer, runtime: AppRuntime) -> SessionOut:
-    """The session with every message, oldest first. 404 when it is not this customer's."""
-    session = await runtime.store.find_session(customer.customer_id, session_id)
-    if session is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="Session not found.")
-    rows = await runtime.store.session_messages(session.id)
-    return SessionOut(
-        id=session.id,
-        title=session.title,
-        created_at=session.created_at,
-        updated_at=session.updated_at,
-        messages=[MessageOut.of(row) for row in rows],
+@router.get("/sessions", responses=error_responses(400))
+async def list_sessions(
+    customer: CurrentCustomer,
+    runtime: AppRuntime,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page")
+    ] = None,
+    q: Annotated[Text | None, Query(max_length=200, description="Title contains (any case)")] = None,
+    tag: Annotated[Tag | None, Query(description="Only sessions with this tag")] = None,
+    since: Annotated[UtcDateTime | None, Query(description="Last message at or after")] = None,
+    until: Annotated[UtcDateTime | None, Query(description="Last message before")] = None,
+) -> SessionPage:
+    """Your sessions, newest activity (last message) first, ``limit`` at a time.
+
+    Paging is stable: sessions that existed at the first page appear exactly once across the pages, even
+    if they get messages meanwhile (they keep their first-page order). Send the same filters with a cursor.
+    """
+    filters = SessionFilters(title=q or None, tag=tag, since=since, until=until)
+    position = decode_session_cursor(cursor, filters.key()) if cursor else None
+    rows, after = await runtime.store.history.list_sessions(customer.customer_id, filters, limit, position)
+    return SessionPage(
+        items=[SessionSummary.of(row) for row in rows],
+        next_cursor=encode_session_cursor(after, filters.key()) if after else None,
     )
+
+
+@router.get("/sessions/{session_id}", responses=error_responses(404))
+async def get_session(session_id: str, customer: CurrentCustomer, runtime: AppRuntime) -> SessionOut:
+    """The session with the messages of its active branch, root first, each with its sibling ids."""
+    view = await runtime.store.history.view(customer.customer_id, session_key(session_id))
+    return SessionOut.of(view)
+
+
+@router.patch("/sessions/{session_id}", responses=error_responses(400, 404))
+async def update_session(
+    session_id: str, patch: SessionPatch, customer: CurrentCustomer, runtime: AppRuntime
+) -> SessionSummary:
+    """Rename (``title``) and/or replace the tags (``tags``); fields left out are unchanged."""
+    row = await runtime.store.history.update(
+        customer.customer_id, session_key(session_id), patch.title, patch.tags
+    )
+    return SessionSummary.of(row)
+
+
+@router.delete(
+    "/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404)
+)
+async def delete_session(session_id: str, customer: CurrentCustomer, runtime: AppRuntime) -> Response:
+    """Delete the session and all its messages. A turn still streaming into it finishes unseen."""
+    await runtime.store.history.delete(customer.customer_id, session_key(session_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/sessions/{session_id}/active-leaf", responses=error_responses(400, 404))
+async def switch_branch(
+    session_id: str, body: ActiveLeafIn, customer: CurrentCustomer, runtime: AppRuntime
+) -> SessionOut:
+    """Show and continue the branch through ``message_id``: from it, the newest child is followed down.
+
+    Answers the session as ``GET`` would, on its new branch. The next normal turn continues that leaf.
+    """
+    key, message = session_key(session_id), message_key(body.message_id)
+    view = await runtime.store.history.switch(customer.customer_id, key, message)
+    return SessionOut.of(view)
+
+
+@router.delete(
+    "/sessions/{session_id}/messages/{message_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404),
+)
+async def delete_message(
+    session_id: str, message_id: str, customer: CurrentCustomer, runtime: AppRuntime
+) -> Response:
+    """Delete the message and every message below it (its replies, their branches).
+
+    If the active branch ran through it, the parent's newest remaining branch becomes active.
+    """
+    key, message = session_key(session_id), message_key(message_id)
+    await runtime.store.history.delete_subtree(customer.customer_id, key, message)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

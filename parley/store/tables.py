@@ -1,4 +1,8 @@
-"""The tables: chat sessions and their messages."""
+"""The tables: chat sessions, their tags, and their messages (a tree through ``parent_id``).
+
+Search indexes are not declared here: they are dialect-specific and live in migration 0002
+(an FTS5 table with triggers on SQLite, a generated ``tsvector`` column with a GIN index on PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -44,11 +48,26 @@ class ChatSession(Base):
     title: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The branch being shown and continued. No foreign key (it would make the two tables refer to each
+    # other); the repository keeps it pointing at a message of this session, or null.
+    active_leaf_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+
+
+class SessionTag(Base):
+    __tablename__ = "chat_session_tags"
+
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("chat_sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class Message(Base):
     __tablename__ = "chat_messages"
-    __table_args__ = (Index("ix_chat_messages_session_created", "session_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_chat_messages_session_created", "session_id", "created_at"),
+        Index("ix_chat_messages_parent_id", "parent_id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("chat_sessions.id", ondelete="CASCADE"))

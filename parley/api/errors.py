@@ -1,0 +1,100 @@
+"""REST errors: JSON ``{"detail": "<sentence>", "code": "<stable_code>"}`` with the right status.
+
+Routes raise ``ApiError``; the store's ``NotFound`` and ``DatabaseFailed`` are mapped here, so a route
+never shapes an error body itself. FastAPI's own 422 (a malformed body or query) keeps its usual shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from parley.errors import DatabaseFailed
+from parley.store.history import NotFound
+from parley.store.pagination import InvalidCursor
+
+log = logging.getLogger("parley.api")
+
+HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    code: str
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status_code: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+
+
+def session_not_found() -> ApiError:
+    return ApiError(status.HTTP_404_NOT_FOUND, "session_not_found", "Session not found.")
+
+
+def message_not_found() -> ApiError:
+    return ApiError(status.HTTP_404_NOT_FOUND, "message_not_found", "Message not found in this session.")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can answer (401 and 503, which any
+    /api/v1 route can answer, are added by ``include_router`` in app.py)."""
+    described = {
+        400: "The body cannot be read, or a cursor or an import cannot be used (code says which)",
+        401: "No valid bearer token",
+        404: "Not one of your sessions or messages (also for malformed ids)",
+        503: "The database is unavailable",
+    }
+    return {code: {"model": ErrorOut, "description": described[code]} for code in codes}
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn these errors into JSON responses."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(InvalidCursor, _invalid_cursor)
+    app.add_exception_handler(DatabaseFailed, _database_failed)
+
+
+def _body(status_code: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status_code=status_code, headers=headers)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    """Starlette's and FastAPI's own errors (no route, a body that is not JSON) in the same shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (204, 304):  # no body allowed, as Starlette's own handler knows
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    return _body(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _body(exc.status_code, exc.code, exc.detail, exc.headers)
+
+
+async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NotFound)
+    return _body(status.HTTP_404_NOT_FOUND, exc.code, str(exc))
+
+
+async def _invalid_cursor(_request: Request, exc: Exception) -> JSONResponse:
+    return _body(status.HTTP_400_BAD_REQUEST, "invalid_cursor", str(exc))
+
+
+async def _database_failed(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("REST request failed in the database", exc_info=exc)
+    return _body(status.HTTP_503_SERVICE_UNAVAILABLE, "database_error", "The database is unavailable.")

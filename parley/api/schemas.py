@@ -1,0 +1,150 @@
+"""The shapes of the history API's requests and answers (they are the OpenAPI schemas at ``/docs``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from parley.store.history import SessionRow, SessionView
+from parley.store.tables import Message
+
+MAX_TAGS = 20
+
+
+def _storable(value: str) -> str:
+    """Text a database can hold: no NUL characters, valid Unicode (no lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware datetimes in UTC; naive ones are taken as UTC."""
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+
+
+def _trimmed(value: str) -> str:
+    value = " ".join(value.split())
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
+Title = Annotated[
+    str, Field(min_length=1, max_length=255), AfterValidator(_storable), AfterValidator(_trimmed)
+]
+Tag = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable), AfterValidator(_trimmed)]
+
+
+class MessageOut(BaseModel):
+    id: uuid.UUID
+    role: str = Field(description="user or assistant")
+    content: str
+    reasoning: str | None
+    status: str = Field(description="streaming, completed, cancelled or error")
+    model: str | None
+    provider: str | None
+    usage: dict[str, Any] | None
+    request_id: str | None
+    parent_id: uuid.UUID | None
+    error_code: str | None
+    created_at: datetime
+    sibling_ids: list[uuid.UUID] = Field(
+        description="This message and its alternatives (same parent), oldest first: the branch switcher"
+    )
+
+    @classmethod
+    def of(cls, row: Message, siblings: list[uuid.UUID]) -> MessageOut:
+        fields = {name: getattr(row, name) for name in cls.model_fields if name != "sibling_ids"}
+        return cls(**fields, sibling_ids=siblings)
+
+
+class SessionOut(BaseModel):
+    id: uuid.UUID
+    title: str
+    tags: list[str]
+    created_at: datetime
+    updated_at: datetime
+    active_leaf_id: uuid.UUID | None = Field(description="The last message of the active branch")
+    messages: list[MessageOut] = Field(description="The active branch, from the first message to the leaf")
+
+    @classmethod
+    def of(cls, view: SessionView) -> SessionOut:
+        s = view.session
+        messages = [MessageOut.of(m, view.siblings.get(m.id, [m.id])) for m in view.path]
+        return cls(
+            id=s.id,
+            title=s.title,
+            tags=view.tags,
+            created_at=s.created_at,
+            updated_at=s.updated_at,
+            active_leaf_id=view.active_leaf_id,
+            messages=messages,
+        )
+
+
+class SessionSummary(BaseModel):
+    id: uuid.UUID
+    title: str
+    tags: list[str]
+    created_at: datetime
+    updated_at: datetime
+    last_message_at: datetime = Field(description="When the newest message was added (the sort key)")
+
+    @classmethod
+    def of(cls, row: SessionRow) -> SessionSummary:
+        s = row.session
+        return cls(
+            id=s.id,
+            title=s.title,
+            tags=row.tags,
+            created_at=s.created_at,
+            updated_at=s.updated_at,
+            last_message_at=row.last_message_at,
+        )
+
+
+class SessionPage(BaseModel):
+    items: list[SessionSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= (with the same filters) for the next page")
+
+
+class SessionPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS, description="Replaces all tags")
+
+
+class ActiveLeafIn(BaseModel):
+    message_id: str = Field(max_length=100, description="Any message of the session")
+
+
+class SearchHitOut(BaseModel):
+    session_id: uuid.UUID
+    session_title: str
+    message_id: uuid.UUID
+    role: str
+    snippet: str = Field(description="HTML-escaped text around the matches; matches wrapped in <mark></mark>")
+    created_at: datetime
+    score: float = Field(description="Relevance; higher is better (comparable within one result list)")
+
+
+class SearchPage(BaseModel):
+    items: list[SearchHitOut]
+    next_cursor: str | None
+
+
+ExportFormat = Literal["json", "markdown"]
