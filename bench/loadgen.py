@@ -1,0 +1,426 @@
+"""The load generator: many WebSocket connections in one process, pinned by the harness to its own core.
+
+    python -m bench.loadgen SPEC.json RESULT.json
+
+Modes: ``stream`` (turns back to back on every connection, optionally cancelling some), ``idle`` (open
+connections and hold them; server memory per connection) and ``slow`` (clients that stop reading mid-answer,
+beside paced bystander streams; server memory over time). The window's server CPU and the generator's own CPU
+are read here, at the window's edges, from /proc. Progress goes to stderr as one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from bench.drivers import Recorder, StreamDriver, TurnLoad, Window
+from bench.frames import chat_request, new_request_id
+from bench.metrics import cpu_seconds, postgres_cpu_seconds, raise_nofile_limit, rss_bytes
+from bench.wsclient import Payload, WsClient, open_client
+
+PROGRESS_INTERVAL_S = 0.5
+WATCHDOG_INTERVAL_S = 0.5
+CLOSE_WAIT_S = 10.0
+MAX_ANSWER_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything a run needs; the harness writes it as JSON."""
+
+    mode: Literal["stream", "idle", "slow"]
+    url: str
+    tokens: list[str]
+    server_pid: int
+    connections: int
+    chunks: int = 200
+    delta_chars: int = 8
+    delay_ms: float = 0.0
+    turns_per_session: int = 5
+    cancel_fraction: float = 0.0
+    max_turns: int = 0
+    warmup_s: float = 2.0
+    measure_s: float = 10.0
+    start_spread_s: float = 0.5
+    turn_timeout_s: float = 60.0
+    connect_concurrency: int = 100
+    connect_timeout_s: float = 30.0
+    watch_postgres: bool = False
+    idle_steps: int = 5
+    settle_s: float = 1.5
+    hold_s: float = 3.0
+    slow_clients: int = 0
+    slow_chunks: int = 900
+    slow_delta_chars: int = 1000
+    slow_read_events: int = 5
+    slow_requests: int = 8
+    rss_interval_s: float = 0.25
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        # The demo model streams the request's `text`: a big answer needs a big request, and requests are
+        # frames, which Parley (and the floor) refuse past 1 MiB.
+        shapes = [(self.chunks, self.delta_chars)]
+        if self.mode == "slow":
+            shapes.append((self.slow_chunks, self.slow_delta_chars))
+        for chunks, chars in shapes:
+            if chunks * chars > MAX_ANSWER_CHARS:
+                raise ValueError(f"{chunks} deltas of {chars} characters: the request would pass 1 MiB")
+
+    @classmethod
+    def load(cls, path: Path) -> Spec:
+        raw = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def url_for(self, index: int) -> str:
+        return f"{self.url}?token={self.tokens[index % len(self.tokens)]}" if self.tokens else self.url
+
+    @property
+    def turn_load(self) -> TurnLoad:
+        return TurnLoad(
+            self.chunks,
+            self.delta_chars,
+            self.delay_ms,
+            self.turns_per_session,
+            self.cancel_fraction,
+            self.max_turns,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """CPU readings at one instant: the server's, the generator's own, PostgreSQL's (when watched)."""
+
+    at: float
+    server_cpu: float
+    own_cpu: float
+    db_cpu: float
+
+    @classmethod
+    def take(cls, spec: Spec) -> Snapshot:
+        db = postgres_cpu_seconds() if spec.watch_postgres else 0.0
+        return cls(time.perf_counter(), cpu_seconds(spec.server_pid), time.process_time(), db)
+
+
+def usage_between(a: Snapshot, b: Snapshot) -> dict[str, float]:
+    wall = b.at - a.at
+    return {
+        "window_s": wall,
+        "server_cpu_s": b.server_cpu - a.server_cpu,
+        "server_cpu_pct": 100 * (b.server_cpu - a.server_cpu) / wall,
+        "gen_cpu_s": b.own_cpu - a.own_cpu,
+        "gen_cpu_pct": 100 * (b.own_cpu - a.own_cpu) / wall,
+        "db_cpu_s": b.db_cpu - a.db_cpu,
+    }
+
+
+@dataclass
+class Progress:
+    """One JSON line on stderr every half second: phase, open connections, deltas, turns, errors."""
+
+    rec: Recorder
+    phase: str = "connect"
+    open: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def emit(self) -> None:
+        line = {
+            "phase": self.phase,
+            "elapsed": round(time.perf_counter() - self.started, 2),
+            "open": self.open,
+            "deltas": self.rec.deltas,
+            "turns": sum(self.rec.statuses.values()),
+            "errors": self.rec.error_total,
+            **self.extra,
+        }
+        print(json.dumps(line), file=sys.stderr, flush=True)
+
+    async def run(self) -> None:
+        while True:
+            self.emit()
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+
+
+async def open_many(spec: Spec, first: int, count: int, rec: Recorder, progress: Progress) -> list[WsClient]:
+    """Open ``count`` connections, ``connect_concurrency`` handshakes at a time; failures are errors."""
+    gate = asyncio.Semaphore(spec.connect_concurrency)
+
+    async def one(index: int) -> WsClient | None:
+        async with gate:
+            try:
+                client = await open_client(spec.url_for(index), spec.connect_timeout_s)
+            except Exception as exc:  # refused, timed out, a non-101 answer: all count as connect errors
+                rec.error("connect failed", repr(exc))
+                return None
+            progress.open += 1
+            return client
+
+    opened = await asyncio.gather(*(one(first + i) for i in range(count)))
+    return [c for c in opened if c is not None]
+
+
+async def close_all(clients: list[WsClient]) -> None:
+    for client in clients:
+        client.close()
+    pending = [c.closed for c in clients if not c.closed.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSE_WAIT_S)
+    for client in clients:
+        client.abort()
+
+
+async def watchdog(drivers: list[StreamDriver], limit_s: float) -> None:
+    while True:
+        await asyncio.sleep(WATCHDOG_INTERVAL_S)
+        now = time.perf_counter()
+        for driver in drivers:
+            driver.time_out(now, limit_s)
+
+
+def start_drivers(
+    clients: list[WsClient], load: TurnLoad, rec: Recorder, spec: Spec, spread_s: float
+) -> list[StreamDriver]:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(spec.seed)
+    drivers = []
+    for client in clients:
+        driver = StreamDriver(client, load, rec, random.Random(rng.random()), loop.create_future())
+        loop.call_later(rng.uniform(0, spread_s), driver.start)
+        drivers.append(driver)
+    return drivers
+
+
+async def measure_window(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, float]:
+    """Warm up, then read CPU at the window's edges; the window is ``rec.window``."""
+    progress.phase = "warmup"
+    await asyncio.sleep(spec.warmup_s)
+    before = Snapshot.take(spec)
+    rec.window.start = before.at
+    progress.phase = "measure"
+    await asyncio.sleep(spec.measure_s)
+    after = Snapshot.take(spec)
+    rec.window.end = after.at
+    progress.phase = "drain"
+    return usage_between(before, after)
+
+
+async def finish_drivers(drivers: list[StreamDriver], spec: Spec) -> None:
+    if drivers:
+        await asyncio.wait([d.done for d in drivers], timeout=spec.turn_timeout_s + 5)
+
+
+def throughput(rec: Recorder, usage: dict[str, float]) -> dict[str, Any]:
+    window = usage["window_s"]
+    deltas, completed = rec.deltas_window, rec.completed_window
+    return {
+        "deltas_per_s": deltas / window,
+        "turns_per_s": completed / window,
+        "server_cpu_per_delta_us": 1e6 * usage["server_cpu_s"] / deltas if deltas else math.nan,
+        "server_cpu_per_turn_us": 1e6 * usage["server_cpu_s"] / completed if completed else math.nan,
+        "db_cpu_per_turn_us": 1e6 * usage["db_cpu_s"] / completed if completed else math.nan,
+    }
+
+
+# -- modes -----------------------------------------------------------------------------------------
+
+
+async def run_stream(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, Any]:
+    clients = await open_many(spec, 0, spec.connections, rec, progress)
+    rec.window.planned_end = time.perf_counter() + spec.warmup_s + spec.measure_s
+    drivers = start_drivers(clients, spec.turn_load, rec, spec, spec.start_spread_s)
+    guard = asyncio.create_task(watchdog(drivers, spec.turn_timeout_s))
+    try:
+        usage = await measure_window(spec, rec, progress)
+        await finish_drivers(drivers, spec)
+    finally:
+        guard.cancel()
+    progress.phase = "close"
+    await close_all(clients)
+    result = {"open": len(clients), **usage, **throughput(rec, usage), **rec.report()}
+    if spec.cancel_fraction > 0:
+        result["cancel"] = rec.cancel_report()
+    return result
+
+
+async def one_turn(spec: Spec, rec: Recorder, progress: Progress) -> None:
+    """A short turn on a fresh connection, so that lazily built things exist before memory is read."""
+    clients = await open_many(spec, 0, 1, rec, progress)
+    load = TurnLoad(chunks=4, delta_chars=8, max_turns=1)
+    drivers = start_drivers(clients, load, rec, spec, 0.0)
+    await finish_drivers(drivers, spec)
+    await close_all(clients)
+    progress.open = 0
+
+
+async def run_idle(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, Any]:
+    progress.phase = "warmup"
+    await one_turn(spec, rec, progress)
+    await asyncio.sleep(spec.settle_s)
+    baseline = rss_bytes(spec.server_pid)
+    series: list[tuple[int, int]] = [(0, baseline)]
+    clients: list[WsClient] = []
+    step = math.ceil(spec.connections / spec.idle_steps)
+    for first in range(0, spec.connections, step):
+        progress.phase = f"open {first + step}/{spec.connections}"
+        clients += await open_many(spec, first, min(step, spec.connections - first), rec, progress)
+        await asyncio.sleep(spec.settle_s)
+        series.append((sum(c.is_open for c in clients), rss_bytes(spec.server_pid)))
+    progress.phase = "hold"
+    before = Snapshot.take(spec)
+    await asyncio.sleep(spec.hold_s)
+    usage = usage_between(before, Snapshot.take(spec))
+    final = rss_bytes(spec.server_pid)
+    still_open = sum(c.is_open for c in clients)
+    progress.phase = "close"
+    await close_all(clients)
+    return {
+        "open": len(clients),
+        "open_at_end": still_open,
+        "baseline_rss": baseline,
+        "final_rss": final,
+        "per_connection_bytes": (final - baseline) / max(1, len(clients)),
+        "series": series,
+        **usage,
+        **rec.report(),
+    }
+
+
+class SlowReader:
+    """A client that reads a few events of its big answers, then stops reading and later leaves."""
+
+    def __init__(self, client: WsClient, read_events: int, rec: Recorder) -> None:
+        self.client = client
+        self.left = read_events
+        self.rec = rec
+        self.stalled: asyncio.Future[None] = client.loop.create_future()
+        client.sink = self.on_frame
+        client.on_close = self.on_close
+
+    def on_frame(self, data: Payload, now: float) -> None:
+        self.left -= 1
+        if self.left <= 0 and not self.stalled.done():
+            self.client.pause_reading()
+            self.stalled.set_result(None)
+
+    def on_close(self) -> None:
+        if not self.stalled.done():
+            self.rec.error("slow client closed before it stalled")
+            self.stalled.set_result(None)
+
+
+async def slow_cycles(spec: Spec, index: int, rec: Recorder, progress: Progress, counts: list[int]) -> None:
+    """Until the window ends: connect, ask for big answers, stall after a few events, hold, drop."""
+    while time.perf_counter() < rec.window.planned_end:
+        opened = await open_many(spec, index, 1, rec, progress)
+        if not opened:
+            await asyncio.sleep(0.5)
+            continue
+        client = opened[0]
+        reader = SlowReader(client, spec.slow_read_events, rec)
+        for _ in range(spec.slow_requests):  # one runs, the rest wait in the connection's queue
+            frame = chat_request(new_request_id(), spec.slow_chunks, spec.slow_delta_chars, 0.0)
+            client.send_text(orjson.dumps(frame))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reader.stalled), spec.turn_timeout_s)
+        await asyncio.sleep(spec.hold_s)
+        client.abort()
+        progress.open -= 1
+        counts[0] += 1
+
+
+async def sample_rss(spec: Spec, series: list[tuple[float, int]], started: float) -> None:
+    while True:
+        series.append((time.perf_counter() - started, rss_bytes(spec.server_pid)))
+        await asyncio.sleep(spec.rss_interval_s)
+
+
+async def run_slow(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, Any]:
+    clients = await open_many(spec, 0, spec.connections, rec, progress)
+    started = time.perf_counter()
+    rec.window.planned_end = started + spec.warmup_s + spec.measure_s
+    series: list[tuple[float, int]] = []
+    counts = [0]
+    background = [asyncio.create_task(sample_rss(spec, series, started))]
+    drivers = start_drivers(clients, spec.turn_load, rec, spec, spec.start_spread_s)
+    background.append(asyncio.create_task(watchdog(drivers, spec.turn_timeout_s)))
+    slow = [
+        asyncio.create_task(slow_cycles(spec, spec.connections + i, rec, progress, counts))
+        for i in range(spec.slow_clients)
+    ]
+    try:
+        usage = await measure_window(spec, rec, progress)
+        await finish_drivers(drivers, spec)
+        await asyncio.wait(slow, timeout=spec.hold_s + spec.turn_timeout_s)
+    finally:
+        for task in background + slow:
+            task.cancel()
+    progress.phase = "close"
+    await close_all(clients)
+    return {
+        "open": len(clients),
+        "slow_clients": spec.slow_clients,
+        "slow_cycles": counts[0],
+        "slow_answer_bytes": spec.slow_chunks * spec.slow_delta_chars,
+        "slow_requests": spec.slow_requests,
+        "rss": series,
+        **usage,
+        **throughput(rec, usage),
+        **rec.report(),
+    }
+
+
+MODES: dict[str, Callable[[Spec, Recorder, Progress], Awaitable[dict[str, Any]]]] = {
+    "stream": run_stream,
+    "idle": run_idle,
+    "slow": run_slow,
+}
+
+
+async def run(spec: Spec) -> dict[str, Any]:
+    rec = Recorder(Window())
+    progress = Progress(rec)
+    ticker = asyncio.create_task(progress.run())
+    try:
+        result = await MODES[spec.mode](spec, rec, progress)
+    finally:
+        ticker.cancel()
+        progress.phase = "done"
+        progress.emit()
+    spec_out = {k: v for k, v in asdict(spec).items() if k != "tokens"}
+    return {"mode": spec.mode, "spec": spec_out, **result}
+
+
+def run_loop(spec: Spec) -> dict[str, Any]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.run(run(spec))
+    return uvloop.run(run(spec))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m bench.loadgen SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    raise_nofile_limit()
+    result = run_loop(Spec.load(Path(args[0])))
+    Path(args[1]).write_bytes(orjson.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

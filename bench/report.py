@@ -1,0 +1,698 @@
+"""The Markdown report: targets first (met, or missed by how much), then each scenario, floor beside Parley.
+
+Everything is computed from the run records (``results.json``), so a report can be rendered again from a
+saved run: ``python -m bench.run --report-from bench/results/results.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.harness import RunRecord
+from bench.results import (
+    GENERATOR_BOUND_PCT,
+    NAMES,
+    PACED_RATE,
+    Results,
+    errors_of,
+    limit_of,
+    ms,
+    num,
+    pct,
+    rate,
+    ratio,
+    size,
+    table,
+    times,
+    us,
+    value,
+)
+from bench.servers import PARLEY_BENCH_SETTINGS
+from bench.targets import rss_growth, verdicts
+
+NOISY_OTHER_PCT = 10.0
+KNEE_DELIVERED = 0.95
+KNEE_GAP_MS = 100.0
+METHOD = Path(__file__).with_name("method.md")
+PROFILE_MARK = "<!-- PROFILE: to be filled in by the profiling part of issue #4 -->"
+
+
+def section_targets(res: Results, meta: dict[str, Any]) -> list[str]:
+    extra = meta.get("parley_env") or {}
+    coalesce = extra.get("PARLEY_COALESCE_MS", PARLEY_BENCH_SETTINGS["PARLEY_COALESCE_MS"])
+    if float(coalesce) == 0:
+        how = (
+            f"Parley ran with `PARLEY_COALESCE_MS={coalesce}`: coalescing off, every delta is its own frame."
+        )
+    else:
+        how = (
+            f"**Parley ran with `PARLEY_COALESCE_MS={coalesce}`: coalescing on**, so Parley sends fewer, "
+            'bigger text events than the floor and "deltas" below count the events delivered; the '
+            "coalescing-off targets do not apply to this run."
+        )
+    lines = ["## Targets", "", f"Measured, not asserted. {how}", ""]
+    if extra:
+        lines += [
+            "Extra Parley settings of this run: " + ", ".join(f"`{k}={v}`" for k, v in extra.items()),
+            "",
+        ]
+    lines += table(
+        ["target", "measured (Parley vs floor)", "verdict", "missed by"], (v.row() for v in verdicts(res))
+    )
+    return lines
+
+
+def section_single(res: Results) -> list[str]:
+    levels = sorted(res.levels("single"), reverse=True)
+    if not levels:
+        return []
+    header = [
+        "turn",
+        "server",
+        "turns",
+        "`working` p50 / p99",
+        "first `text` p50 / p99",
+        "deltas/s",
+        "server CPU / delta",
+        "server CPU / turn",
+        "server CPU",
+        "generator CPU",
+    ]
+    rows = []
+    for n in levels:
+        floor, parley = res.pair("single", n)
+        for name, rec in (("floor", floor), ("Parley", parley)):
+            rows.append([f"{n} deltas", name, *single_cells(rec)])
+        cpu = ratio(value(parley, "server_cpu_per_delta_us"), value(floor, "server_cpu_per_delta_us"))
+        added = value(parley, "ttft_ms", "p50") - value(floor, "ttft_ms", "p50")
+        speed = ratio(value(parley, "deltas_per_s"), value(floor, "deltas_per_s"))
+        rows.append(
+            [
+                f"{n} deltas",
+                "Parley ÷ floor",
+                "",
+                "",
+                f"+{ms(added)} (p50)",
+                times(speed),
+                times(cpu),
+                "",
+                "",
+                "",
+            ]
+        )
+    return [
+        "## Single stream",
+        "",
+        *scenario_intro(res, "single"),
+        *table(header, rows),
+        *cost_split(res, levels),
+    ]
+
+
+def single_cells(rec: RunRecord | None) -> list[str]:
+    return [
+        num(value(rec, "completed_window"), 0),
+        f"{ms(value(rec, 'ttw_ms', 'p50'))} / {ms(value(rec, 'ttw_ms', 'p99'))}",
+        f"{ms(value(rec, 'ttft_ms', 'p50'))} / {ms(value(rec, 'ttft_ms', 'p99'))}",
+        rate(value(rec, "deltas_per_s")),
+        us(value(rec, "server_cpu_per_delta_us")),
+        us(value(rec, "server_cpu_per_turn_us")),
+        pct(value(rec, "server_cpu_pct")),
+        pct(value(rec, "gen_cpu_pct")),
+    ]
+
+
+def cost_split(res: Results, levels: list[int]) -> list[str]:
+    """From two turn lengths: server CPU per turn = fixed cost + deltas × cost per delta."""
+    if len(levels) < 2:
+        return []
+    long, short = levels[0], levels[-1]
+    parts = []
+    for server in ("floor", "parley"):
+        a = value(res.find("single", server, long), "server_cpu_per_turn_us")
+        b = value(res.find("single", server, short), "server_cpu_per_turn_us")
+        per_delta = (a - b) / (long - short)
+        parts.append(f"{NAMES[server]} {us(b - short * per_delta)} per turn + {us(per_delta)} per delta")
+    return [
+        f"Server CPU per turn split into a fixed part and a part per delta (from the {short}- and "
+        f"{long}-delta turns): {'; '.join(parts)}.",
+        "",
+    ]
+
+
+def scenario_intro(res: Results, name: str) -> list[str]:
+    what = res.descriptions.get(name, "")
+    return [what, ""] if what else []
+
+
+def section_sweep(res: Results) -> list[str]:
+    levels = res.levels("sweep")
+    if not levels:
+        return []
+    head = [
+        "streams",
+        "deltas/s floor",
+        "deltas/s Parley",
+        "ratio",
+        "CPU/delta floor",
+        "CPU/delta Parley",
+        "ratio",
+        "server CPU floor / Parley",
+        "generator CPU floor / Parley",
+        "limited by (floor / Parley)",
+        "errors floor / Parley",
+    ]
+    rows, lat = [], []
+    for n in levels:
+        f, p = res.pair("sweep", n)
+        rows.append(
+            [
+                f"{n:,}",
+                rate(value(f, "deltas_per_s")),
+                rate(value(p, "deltas_per_s")),
+                times(ratio(value(p, "deltas_per_s"), value(f, "deltas_per_s"))),
+                us(value(f, "server_cpu_per_delta_us")),
+                us(value(p, "server_cpu_per_delta_us")),
+                times(ratio(value(p, "server_cpu_per_delta_us"), value(f, "server_cpu_per_delta_us"))),
+                f"{pct(value(f, 'server_cpu_pct'))} / {pct(value(p, 'server_cpu_pct'))}",
+                f"{pct(value(f, 'gen_cpu_pct'))} / {pct(value(p, 'gen_cpu_pct'))}",
+                f"{limit_of(f)} / {limit_of(p)}",
+                f"{errors_of(f)} / {errors_of(p)}",
+            ]
+        )
+        lat.append(
+            [
+                f"{n:,}",
+                f"{ms(value(f, 'ttft_ms', 'p50'))} / {ms(value(p, 'ttft_ms', 'p50'))}",
+                f"{ms(value(f, 'ttft_ms', 'p99'))} / {ms(value(p, 'ttft_ms', 'p99'))}",
+                f"+{ms(value(p, 'ttft_ms', 'p50') - value(f, 'ttft_ms', 'p50'))} / "
+                f"+{ms(value(p, 'ttft_ms', 'p99') - value(f, 'ttft_ms', 'p99'))}",
+                f"{ms(value(f, 'ttw_ms', 'p50'))} / {ms(value(p, 'ttw_ms', 'p50'))}",
+                f"{ms(value(f, 'gap_ms', 'p99'))} / {ms(value(p, 'gap_ms', 'p99'))}",
+                num(value(p, "ttft_ms", "n"), 0),
+            ]
+        )
+    lat_head = [
+        "streams",
+        "first `text` p50 floor / Parley",
+        "p99 floor / Parley",
+        "added by Parley p50 / p99",
+        "`working` p50 floor / Parley",
+        "gap p99 floor / Parley",
+        "turns sampled (Parley)",
+    ]
+    return [
+        "## Concurrency sweep, unpaced",
+        "",
+        *scenario_intro(res, "sweep"),
+        *table(head, rows),
+        *table(lat_head, lat),
+    ]
+
+
+def section_sweep_postgres(res: Results) -> list[str]:
+    title = "## Unpaced streams, Parley on PostgreSQL"
+    if not res.has("sweep-postgres"):
+        return []
+    skipped = next((r.skipped for r in res.records if r.scenario == "sweep-postgres" and r.skipped), None)
+    if skipped:
+        return [title, "", f"Skipped: {skipped}", ""]
+    n = res.levels("sweep-postgres")[0]
+    runs = (
+        ("floor (from the sweep)", res.find("sweep", "floor", n)),
+        ("Parley, SQLite (from the sweep)", res.find("sweep", "parley", n)),
+        ("Parley, PostgreSQL", res.find("sweep-postgres", "parley", n)),
+    )
+    rows = [[name, *latency_cells(rec)] for name, rec in runs]
+    head = [
+        "",
+        "`working` p50 / p99",
+        "first `text` p50 / p99",
+        "gap p99",
+        "deltas/s",
+        "CPU / delta",
+        "errors",
+    ]
+    intro = [
+        f"{n} unpaced streams as in the sweep, with Parley on PostgreSQL: how much of the time to first text "
+        "is SQLite's (one writer at a time) rather than Parley's own.",
+        "",
+    ]
+    return [title, "", *intro, *table(head, rows)]
+
+
+def latency_cells(rec: RunRecord | None) -> list[str]:
+    return [
+        f"{ms(value(rec, 'ttw_ms', 'p50'))} / {ms(value(rec, 'ttw_ms', 'p99'))}",
+        f"{ms(value(rec, 'ttft_ms', 'p50'))} / {ms(value(rec, 'ttft_ms', 'p99'))}",
+        ms(value(rec, "gap_ms", "p99")),
+        rate(value(rec, "deltas_per_s")),
+        us(value(rec, "server_cpu_per_delta_us")),
+        errors_of(rec),
+    ]
+
+
+def knee(res: Results, server: str) -> str:
+    """The first level where the server no longer keeps the pace: delivers < 95% of the asked rate, or has a
+    gap p99 ≥ 100 ms, or errors."""
+    previous = None
+    for n in res.levels("paced"):
+        rec = res.find("paced", server, n)
+        if rec is None:
+            continue
+        delivered = value(rec, "deltas_per_s") / (n * PACED_RATE)
+        if (
+            delivered < KNEE_DELIVERED
+            or value(rec, "gap_ms", "p99") >= KNEE_GAP_MS
+            or value(rec, "error_total") > 0
+        ):
+            return f"between {previous:,} and {n:,} streams" if previous else f"at or below {n:,} streams"
+        previous = n
+    return f"beyond {previous:,} streams (not reached)" if previous else "not measured"
+
+
+def section_paced(res: Results) -> list[str]:
+    levels = res.levels("paced")
+    if not levels:
+        return []
+    head = [
+        "streams",
+        "asked deltas/s",
+        "delivered floor / Parley",
+        "gap p99 floor / Parley",
+        "first `text` p50 / p99 Parley",
+        "server CPU floor / Parley",
+        "CPU/delta floor / Parley",
+        "generator CPU floor / Parley",
+        "errors floor / Parley",
+    ]
+    rows = []
+    for n in levels:
+        f, p = res.pair("paced", n)
+        rows.append(
+            [
+                f"{n:,}",
+                rate(n * PACED_RATE),
+                f"{rate(value(f, 'deltas_per_s'))} / {rate(value(p, 'deltas_per_s'))}",
+                f"{ms(value(f, 'gap_ms', 'p99'))} / {ms(value(p, 'gap_ms', 'p99'))}",
+                f"{ms(value(p, 'ttft_ms', 'p50'))} / {ms(value(p, 'ttft_ms', 'p99'))}",
+                f"{pct(value(f, 'server_cpu_pct'))} / {pct(value(p, 'server_cpu_pct'))}",
+                f"{us(value(f, 'server_cpu_per_delta_us'))} / {us(value(p, 'server_cpu_per_delta_us'))}",
+                f"{pct(value(f, 'gen_cpu_pct'))} / {pct(value(p, 'gen_cpu_pct'))}",
+                f"{errors_of(f)} / {errors_of(p)}",
+            ]
+        )
+    knees = [
+        f"Knee (first level delivering < {KNEE_DELIVERED:.0%} of the asked rate, or gap p99 ≥ "
+        f"{KNEE_GAP_MS:.0f} ms, or errors): floor {knee(res, 'floor')}; Parley {knee(res, 'parley')}.",
+        "",
+    ]
+    return [
+        "## Concurrency sweep, paced at 30 deltas/s",
+        "",
+        *scenario_intro(res, "paced"),
+        *table(head, rows),
+        *knees,
+    ]
+
+
+def section_cancel(res: Results) -> list[str]:
+    floor, parley = res.pair("cancel")
+    if floor is None and parley is None:
+        return []
+    head = [
+        "server",
+        "cancels measured",
+        "cancel → `cancelled` p50 / p99 / max",
+        "deltas in flight p50 / max",
+        "deltas after `cancelled`",
+        "cancel raced completion",
+        "partial answers stored",
+        "errors",
+    ]
+    rows = []
+    for name, rec in (("floor", floor), ("Parley", parley)):
+        check = ((rec.stored or {}).get("cancel") if rec else None) or {}
+        stored = f"{check['matched']}/{check['checked']}" if check else "n/a (no database)"
+        rows.append(
+            [
+                name,
+                num(value(rec, "cancel", "measured"), 0),
+                " / ".join(ms(value(rec, "cancel", "latency_ms", q)) for q in ("p50", "p99", "max")),
+                " / ".join(num(value(rec, "cancel", "in_flight", q), 0) for q in ("p50", "max")),
+                num(value(rec, "cancel", "after_cancelled"), 0),
+                num(value(rec, "cancel", "raced_completion"), 0),
+                stored,
+                errors_of(rec),
+            ]
+        )
+    notes = [
+        '"In flight": deltas that reached the client after it sent `cancel` and before `cancelled` '
+        "(sent by the server before it read the cancel). They are part of the stored answer.",
+        "",
+    ]
+    return ["## Cancel under load", "", *scenario_intro(res, "cancel"), *table(head, rows), *notes]
+
+
+def section_idle(res: Results) -> list[str]:
+    floor, parley = res.pair("idle")
+    if floor is None and parley is None:
+        return []
+    head = [
+        "server",
+        "connections open (at the end)",
+        "RSS before",
+        "RSS with all open",
+        "per connection",
+        "per connection (slope over the steps)",
+        "server CPU while holding",
+    ]
+    rows = []
+    for name, rec in (("floor", floor), ("Parley", parley)):
+        series = rec.load.get("series", []) if rec else []
+        rows.append(
+            [
+                name,
+                f"{num(value(rec, 'open'), 0)} ({num(value(rec, 'open_at_end'), 0)})",
+                size(value(rec, "baseline_rss")),
+                size(value(rec, "final_rss")),
+                size(value(rec, "per_connection_bytes")),
+                size(series_slope(series)),
+                pct(value(rec, "server_cpu_pct")),
+            ]
+        )
+    return ["## Idle connections", "", *scenario_intro(res, "idle"), *table(head, rows)]
+
+
+def series_slope(series: list[list[float]]) -> float:
+    from bench.metrics import slope
+
+    if len(series) < 2:
+        return math.nan
+    return slope([float(x) for x, _ in series], [float(y) for _, y in series])
+
+
+def section_persist(res: Results) -> list[str]:
+    names = [n for n in ("persist-sqlite", "persist-postgres") if res.has(n)]
+    if not names:
+        return []
+    head = [
+        "database",
+        "turns/s floor",
+        "turns/s Parley",
+        "ratio",
+        "turn p50 / p99 Parley",
+        "server CPU / turn Parley",
+        "PostgreSQL CPU / turn",
+        "answers stored (completed) / turns completed",
+        "errors floor / Parley",
+    ]
+    rows = []
+    for name in names:
+        f, p = res.pair(name)
+        skipped = next((r.skipped for r in res.records if r.scenario == name and r.skipped), None)
+        if skipped:
+            rows.append([name.split("-")[1], f"skipped: {skipped}", *[""] * (len(head) - 2)])
+            continue
+        stored = (p.stored or {}) if p else {}
+        statuses = stored.get("statuses", {})
+        rows.append(
+            [
+                name.split("-")[1],
+                rate(value(f, "turns_per_s")),
+                rate(value(p, "turns_per_s")),
+                times(ratio(value(p, "turns_per_s"), value(f, "turns_per_s"))),
+                f"{ms(value(p, 'turn_ms', 'p50'))} / {ms(value(p, 'turn_ms', 'p99'))}",
+                us(value(p, "server_cpu_per_turn_us")),
+                us(value(p, "db_cpu_per_turn_us")) if name.endswith("postgres") else "n/a (in-process)",
+                f"{statuses.get('completed', '–')} / {stored.get('client_completed', '–')}",
+                f"{errors_of(f)} / {errors_of(p)}",
+            ]
+        )
+    notes = [
+        "PostgreSQL runs unpinned (its backends are not ours to pin); its CPU is that of every `postgres` "
+        "process on the machine during the window, so other users of that server count too.",
+        "",
+    ]
+    return [
+        "## Persisted turns per second",
+        "",
+        *scenario_intro(res, "persist-sqlite"),
+        *table(head, rows),
+        *notes,
+    ]
+
+
+def section_slow(res: Results) -> list[str]:
+    floor, parley = res.pair("slow")
+    if floor is None and parley is None:
+        return []
+    head = [
+        "server",
+        "slow clients",
+        "stall cycles",
+        "RSS start / peak / end",
+        "peak: middle third → last third",
+        "bounded",
+        "bystanders: gap p99",
+        "bystanders: delivered / asked",
+        "errors",
+    ]
+    rows = []
+    for name, rec in (("floor", floor), ("Parley", parley)):
+        series = [float(r) for _, r in rec.load.get("rss", [])] if rec else []
+        growth = rss_growth(rec) if rec else {"middle": math.nan, "late": math.nan, "bounded": 0.0}
+        asked = value(rec, "open") * PACED_RATE
+        rows.append(
+            [
+                name,
+                num(value(rec, "slow_clients"), 0),
+                num(value(rec, "slow_cycles"), 0),
+                " / ".join(
+                    size(x) for x in ((series[0], max(series), series[-1]) if series else (math.nan,) * 3)
+                ),
+                f"{size(growth['middle'])} → {size(growth['late'])}",
+                "yes" if growth["bounded"] else "**no**",
+                ms(value(rec, "gap_ms", "p99")),
+                f"{rate(value(rec, 'deltas_per_s'))} / {rate(asked)}",
+                errors_of(rec),
+            ]
+        )
+    stall = PARLEY_BENCH_SETTINGS["PARLEY_SEND_STALL_TIMEOUT_S"]
+    notes = [
+        f"Parley runs with `PARLEY_SEND_STALL_TIMEOUT_S={stall}` here (default 10). Each slow answer is "
+        f"{size(value(parley or floor, 'slow_answer_bytes'))}; Parley keeps a streaming answer in memory "
+        "until it is stored, so the plateau includes the answers in flight.",
+        "",
+    ]
+    return ["## Slow readers", "", *scenario_intro(res, "slow"), *table(head, rows), *notes]
+
+
+def observations(res: Results) -> list[str]:
+    notes = []
+    for r in res.records:
+        where = f"{r.scenario} / {r.label} / {r.server}"
+        if r.failure:
+            lines = r.failure.strip().splitlines() or [""]
+            detail = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+            notes.append(f"- **{where}: the run failed**: `{detail[:300]}`")
+        if r.ok and value(r, "gen_cpu_pct") >= GENERATOR_BOUND_PCT:
+            notes.append(
+                f"- {where}: the generator ran at {pct(value(r, 'gen_cpu_pct'))} CPU: this figure is (close "
+                "to) the client's limit, not the server's."
+            )
+        if r.ok and value(r, "error_total") > 0:
+            samples = "; ".join(r.load.get("error_samples", [])[:3])
+            notes.append(
+                f"- {where}: {int(value(r, 'error_total'))} errors {r.load.get('errors')} — e.g. {samples}"
+            )
+        if r.log.get("warnings") or r.log.get("errors"):
+            sample = (r.log.get("samples") or [""])[0]
+            notes.append(
+                f"- {where}: server log has {r.log['warnings']} warnings, {r.log['errors']} errors, "
+                f"{r.log.get('tracebacks', 0)} tracebacks — first: `{sample[:200]}`"
+            )
+        if r.stored and "error" in r.stored:
+            notes.append(f"- {where}: could not read what was stored: {r.stored['error']}")
+        stuck = (r.stored or {}).get("statuses", {}).get("streaming", 0)
+        if stuck:
+            notes.append(
+                f"- {where}: {stuck} answers still `streaming` in the database after the server stopped."
+            )
+    notes += shape_notes(res) + noise_notes(res)
+    return [
+        "## Observations",
+        "",
+        *(notes or ["- Nothing unusual: no errors, no warnings, generator never saturated."]),
+        "",
+    ]
+
+
+def noise_notes(res: Results) -> list[str]:
+    """How much else ran: other processes (noise), and interrupt work (our own loopback traffic, mostly)."""
+    runs = [r for r in res.records if r.other_cpu_pct is not None]
+    noisy = sorted(
+        (r for r in runs if (r.other_cpu_pct or 0) >= NOISY_OTHER_PCT), key=lambda r: -(r.other_cpu_pct or 0)
+    )
+    notes = []
+    if noisy:
+        worst = ", ".join(
+            f"{r.scenario} / {r.label} / {r.server} {pct(r.other_cpu_pct or 0)}" for r in noisy[:4]
+        )
+        notes.append(
+            f"- Other processes used ≥ {NOISY_OTHER_PCT:.0f}% of a core during {len(noisy)} of {len(runs)} "
+            f"runs (most: {worst}). Those figures are noisy; the machine was shared."
+        )
+    irq = [r.interrupt_cpu_pct for r in runs if r.interrupt_cpu_pct is not None]
+    if irq:
+        notes.append(
+            f"- Interrupt work (loopback networking, charged to no process, so in no CPU figure above) "
+            f"took {min(irq):.0f}–{max(irq):.0f}% of a core during a run."
+        )
+    return notes
+
+
+def shape_notes(res: Results) -> list[str]:
+    """Do the floor and Parley send the same events of the same size? One line per scenario/level."""
+    notes = []
+    for r in res.records:
+        if r.server != "parley" or not r.ok:
+            continue
+        floor = res.find(r.scenario, "floor", r.level)
+        a, b = r.load.get("shape"), floor.load.get("shape") if floor else None
+        if a and b and (a["events"] != b["events"] or abs(a["bytes"] - b["bytes"]) > 0.01 * b["bytes"]):
+            notes.append(
+                f"- {r.scenario} / {r.label}: frames differ: Parley {a['events']} events, {a['bytes']:,} B "
+                f"per turn; floor {b['events']} events, {b['bytes']:,} B."
+            )
+    return notes
+
+
+def frame_check(res: Results) -> list[str]:
+    rows = []
+    for name in dict.fromkeys(r.scenario for r in res.records):
+        f, p = res.pair(name, res.levels(name)[0] if res.levels(name) else None)
+        fs, ps = (f.load.get("shape") if f else None), (p.load.get("shape") if p else None)
+        if fs and ps:
+            rows.append([name, f"{fs['events']} / {fs['bytes']:,} B", f"{ps['events']} / {ps['bytes']:,} B"])
+    if not rows:
+        return []
+    return [
+        "Same frames? Events and bytes of one completed turn, as the generator received them:",
+        "",
+        *table(["scenario", "floor: events / bytes", "Parley: events / bytes"], rows),
+    ]
+
+
+def section_machine(machine: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    libs = ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items())
+    rows = [
+        [
+            "CPU",
+            f"{machine.get('cpu')} — {machine.get('cores')} cores (usable: {machine.get('usable_cores')})",
+        ],
+        ["memory", size(float(machine.get("memory_bytes", 0)))],
+        ["OS / kernel", f"{machine.get('os')} / {machine.get('kernel')}"],
+        ["Python", str(machine.get("python"))],
+        ["libraries", libs],
+        ["SQLite / PostgreSQL", f"{machine.get('sqlite')} / {machine.get('postgres')}"],
+        ["Parley revision", str(machine.get("revision"))],
+        [
+            "pinning",
+            f"servers on core {meta.get('server_cores')}, generator on core {meta.get('generator_cores')}",
+        ],
+    ]
+    return ["## Machine", "", *table(["", ""], rows)]
+
+
+def section_method(res: Results) -> list[str]:
+    others = [r.other_cpu_pct for r in res.records if r.other_cpu_pct is not None]
+    noise = f"{min(others):.0f}–{max(others):.0f}%" if others else "–"
+    return [
+        *METHOD.read_text().rstrip().splitlines(),
+        f"- **Noise**: other processes used {noise} of one core during a run (the machine's busy time in",
+        "  /proc/stat, less our processes' and less interrupt time). Other people's tests show up there.",
+        "",
+        *frame_check(res),
+    ]
+
+
+def section_settings(meta: dict[str, Any]) -> list[str]:
+    env = {
+        **PARLEY_BENCH_SETTINGS,
+        "PARLEY_JWT_SECRET": "(random per run)",
+        "PARLEY_DATA_DIR": "(fresh per run)",
+        "PARLEY_DATABASE_URL": "unset (SQLite in the data dir) / postgresql://…/parley_bench_<random>",
+        **(meta.get("parley_env") or {}),
+    }
+    lines = ["## Settings", "", "Parley's environment (anything else is Parley's default):", ""]
+    lines += table(["variable", "value"], ([f"`{k}`", f"`{v}`"] for k, v in env.items()))
+    rows = []
+    for name, scenario in meta.get("scenarios", {}).items():
+        for case in scenario.get("cases", []):
+            load = {k: v for k, v in case["load"].items() if k != "mode"}
+            params = ", ".join(f"{k}={round(v, 2) if isinstance(v, float) else v}" for k, v in load.items())
+            rows.append([name, case["label"], f"`{params}`"])
+    lines += ["Generator settings per case (`bench/scenarios.py`; times in seconds):", ""]
+    lines += table(["scenario", "case", "settings"], rows)
+    return lines
+
+
+def section_charts(charts: list[tuple[str, str]]) -> list[str]:
+    if not charts:
+        return []
+    lines = ["## Charts", ""]
+    for path, caption in charts:
+        lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+    return lines
+
+
+def section_profile() -> list[str]:
+    return [
+        "## Profile",
+        "",
+        PROFILE_MARK,
+        "",
+        "> **To do (issue #4, profile part):** where Parley's CPU goes per delta and per turn, and what adds "
+        "to the time to first `text` under load. Not measured by this harness yet.",
+        "",
+    ]
+
+
+def render(
+    records: list[RunRecord], machine: dict[str, Any], meta: dict[str, Any], charts: list[tuple[str, str]]
+) -> str:
+    descriptions = {name: s.get("what", "") for name, s in meta.get("scenarios", {}).items()}
+    res = Results(records, descriptions)
+    minutes = num(float(meta.get("duration_s", 0)) / 60, 1)
+    mode = "quick (harness check; numbers are not comparable to a full run)" if meta.get("quick") else "full"
+    head = [
+        "# Parley benchmark: Parley against the floor",
+        "",
+        f"Run {meta.get('started')} → {meta.get('finished')} ({minutes} min), mode: {mode}. "
+        f"Command: `{meta.get('command')}`.",
+        "",
+        "The floor is the same ASGI server sending the same frames with no auth, no database and no "
+        "provider; each case runs the floor, then Parley, back to back. Ratios are Parley ÷ floor.",
+        "",
+    ]
+    body = [
+        *section_targets(res, meta),
+        *section_single(res),
+        *section_sweep(res),
+        *section_sweep_postgres(res),
+        *section_paced(res),
+        *section_cancel(res),
+        *section_idle(res),
+        *section_persist(res),
+        *section_slow(res),
+        *observations(res),
+        *section_charts(charts),
+        *section_profile(),
+        *section_method(res),
+        *section_settings(meta),
+        *section_machine(machine, meta),
+    ]
+    return "\n".join([*head, *body]).rstrip() + "\n"

@@ -1,0 +1,197 @@
+"""The scenarios of issue #4 and their settings, full and ``--quick``. Each case runs the floor, then Parley.
+
+A case's ``load`` is handed to the generator as it is (``bench.loadgen.Spec`` fields), so the report can
+print exactly what was run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PACED_DELAY_MS = 1000 / 30  # 30 deltas per second
+CUSTOMERS = 16  # connections use these many customers' tokens, round robin
+
+Database = Literal["sqlite", "postgres"]
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    level: int  # the x value in charts: streams, connections, ...
+    load: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    what: str
+    cases: list[Case]
+    database: Database = "sqlite"
+    servers: tuple[str, ...] = ("floor", "parley")
+    notes: list[str] = field(default_factory=list)
+
+
+def _stream(connections: int, **load: Any) -> dict[str, Any]:
+    return {"mode": "stream", "connections": connections, **load}
+
+
+def single(quick: bool) -> Scenario:
+    """200-delta turns (the issue's case); a full run adds 20-delta turns to split fixed from per-delta."""
+    lengths = [20] if quick else [200, 20]
+    timing = {"warmup_s": 0.5, "measure_s": 2.0} if quick else {"warmup_s": 1.0, "measure_s": 6.0}
+    cases = [Case(f"{n} deltas", n, _stream(1, chunks=n, start_spread_s=0.0, **timing)) for n in lengths]
+    return Scenario(
+        "single",
+        "Single stream",
+        "One connection; turns back to back for the whole window (a new session every 5 turns).",
+        cases,
+    )
+
+
+def sweep(quick: bool) -> Scenario:
+    levels = [10, 50] if quick else [10, 100, 500, 1000]
+    timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
+    cases = [Case(f"{n} streams", n, _stream(n, chunks=200, start_spread_s=1.0, **timing)) for n in levels]
+    return Scenario(
+        "sweep",
+        "Concurrency sweep, unpaced",
+        "N connections, each running 200-delta turns back to back as fast as the server sends them.",
+        cases,
+    )
+
+
+def sweep_postgres(quick: bool) -> Scenario:
+    """The sweep's 100-stream case with Parley on PostgreSQL: how much of the time to first text is SQLite."""
+    n = 50 if quick else 100
+    timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
+    return Scenario(
+        "sweep-postgres",
+        f"Unpaced, {n} streams, Parley on PostgreSQL",
+        "The sweep's case again with Parley on PostgreSQL (the floor has no database: see the sweep).",
+        [Case(f"{n} streams", n, _stream(n, chunks=200, start_spread_s=1.0, **timing))],
+        database="postgres",
+        servers=("parley",),
+    )
+
+
+def paced(quick: bool) -> Scenario:
+    levels = [10, 50] if quick else [10, 100, 250, 500, 750, 1000]
+    if quick:
+        load = {"chunks": 30, "start_spread_s": 1.0, "warmup_s": 1.5, "measure_s": 2.5}
+    else:
+        load = {"chunks": 150, "start_spread_s": 5.0, "warmup_s": 6.0, "measure_s": 10.0}
+    cases = [Case(f"{n} streams", n, _stream(n, delay_ms=PACED_DELAY_MS, **load)) for n in levels]
+    return Scenario(
+        "paced",
+        "Concurrency sweep, paced at 30 deltas/s",
+        "N connections, each running turns whose deltas the model paces at 30/s; starts spread over a turn.",
+        cases,
+    )
+
+
+def cancel(quick: bool) -> Scenario:
+    n = 20 if quick else 100
+    timing = {"warmup_s": 1.0, "measure_s": 3.0} if quick else {"warmup_s": 2.0, "measure_s": 15.0}
+    load = _stream(n, chunks=200, cancel_fraction=0.1, start_spread_s=1.0, **timing)
+    return Scenario(
+        "cancel",
+        f"Cancel under load, {n} streams",
+        "Unpaced 200-delta turns; 10% of turns are cancelled after a random number of deltas (1–198).",
+        [Case(f"{n} streams", n, load)],
+    )
+
+
+def idle(quick: bool) -> Scenario:
+    n = 300 if quick else 5000
+    if quick:
+        load = {"idle_steps": 3, "settle_s": 0.5, "hold_s": 1.0}
+    else:
+        load = {"idle_steps": 5, "settle_s": 1.5, "hold_s": 3.0}
+    return Scenario(
+        "idle",
+        f"{n:,} idle connections",
+        "One short turn first (warm-up), then connections opened in steps and held; server RSS after each.",
+        [Case(f"{n} connections", n, {"mode": "idle", "connections": n, **load})],
+    )
+
+
+def persist(quick: bool, database: Database) -> Scenario:
+    n = 10 if quick else 50
+    timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 2.0, "measure_s": 10.0}
+    load = _stream(
+        n,
+        chunks=1,
+        delta_chars=32,
+        start_spread_s=0.2,
+        watch_postgres=database == "postgres",
+        **timing,
+    )
+    name = "SQLite" if database == "sqlite" else "PostgreSQL"
+    return Scenario(
+        f"persist-{database}",
+        f"Persisted turns per second, {name}",
+        f"{n} connections sending one-delta turns back to back (a new session every 5 turns).",
+        [Case(f"{n} connections", n, load)],
+        database=database,
+    )
+
+
+def slow(quick: bool) -> Scenario:
+    load: dict[str, Any] = {
+        "mode": "slow",
+        "connections": 3 if quick else 20,  # paced bystanders
+        "chunks": 30 if quick else 150,
+        "delay_ms": PACED_DELAY_MS,
+        "start_spread_s": 1.0,
+        "slow_clients": 5 if quick else 16,
+        "slow_requests": 6,  # one turn runs, five wait: ~5.4 MB to send, more than the kernel buffers
+        "slow_chunks": 300 if quick else 900,
+        "slow_delta_chars": 1000,
+        "slow_read_events": 5,
+        "hold_s": 4.0,
+        "warmup_s": 2.0,
+        "measure_s": 5.0 if quick else 30.0,
+    }
+    return Scenario(
+        "slow",
+        "Slow readers",
+        "Each slow client sends 6 requests for big unpaced answers (one runs, five queue), reads 5 events, "
+        "stops reading for 4 s, drops the connection and starts over; paced bystander streams run beside "
+        "them. Server RSS sampled every 0.25 s.",
+        [Case(f"{load['slow_clients']} slow clients", int(load["slow_clients"]), load)],
+    )
+
+
+SCENARIOS = (
+    "single",
+    "sweep",
+    "sweep-postgres",
+    "paced",
+    "cancel",
+    "idle",
+    "persist-sqlite",
+    "persist-postgres",
+    "slow",
+)
+
+
+def build(name: str, quick: bool) -> Scenario:
+    if name.startswith("persist-"):
+        database: Database = "postgres" if name == "persist-postgres" else "sqlite"
+        return persist(quick, database)
+    builders = {
+        "single": single,
+        "sweep": sweep,
+        "sweep-postgres": sweep_postgres,
+        "paced": paced,
+        "cancel": cancel,
+        "idle": idle,
+        "slow": slow,
+    }
+    return builders[name](quick)
+
+
+def plan(names: list[str], quick: bool) -> list[Scenario]:
+    return [build(name, quick) for name in names]

@@ -1,0 +1,247 @@
+"""Starting and stopping the servers under test as subprocesses: the floor and Parley, each on its own core.
+
+Parley runs as a user runs it, ``python -m parley serve``, configured only through ``PARLEY_*`` variables, in
+a scratch directory (so no ``.env`` is picked up) with its own data directory. Every process is started in
+its own session and stopped by its pid: SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bench.metrics import raise_nofile_limit
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+ServerKind = Literal["floor", "parley"]
+
+# What the harness sets besides host, port, secret, data dir and database; the report prints these.
+PARLEY_BENCH_SETTINGS: dict[str, str] = {
+    "PARLEY_LOG_LEVEL": "warning",
+    "PARLEY_COALESCE_MS": "0",  # coalescing off (the default), so every delta is a frame as at the floor
+    "PARLEY_SEND_STALL_TIMEOUT_S": "2",  # default 10: the slow-reader scenario would need minutes
+    "PARLEY_SHUTDOWN_GRACE_S": "2",  # default 30: nothing is running when the harness stops it
+    "PARLEY_MAX_QUEUED_REQUESTS": "8",  # the default; the generator sends one request at a time anyway
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pinned_to(cores: set[int]) -> Callable[[], None]:
+    """A ``preexec_fn``: the child (and every thread it starts) runs on ``cores``, with files raised."""
+
+    def setup() -> None:
+        if cores:
+            os.sched_setaffinity(0, cores)
+        raise_nofile_limit()
+
+    return setup
+
+
+MINT_TOKENS = """
+import json, sys
+from parley.auth import mint_token
+print(json.dumps([mint_token(sys.argv[1], f"bench-{i}", 86400) for i in range(int(sys.argv[2]))]))
+"""
+
+
+@dataclass(frozen=True)
+class ParleySource:
+    """Which Parley runs: the working tree (``path`` None, through the editable install) or an export."""
+
+    path: Path | None
+    description: str
+
+
+def clean_env(extra: Mapping[str, str], first: Path | None = None) -> dict[str, str]:
+    """This environment without any ``PARLEY_*`` of the caller's, plus ``extra``; ``first`` (a Parley
+    source), then the repo, come first on the import path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    paths = [str(first) if first else "", str(REPO), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.update(extra)
+    return env
+
+
+def export_revision(revision: str, dest: Path) -> ParleySource:
+    """``git archive`` the ``parley`` package of a revision into ``dest`` (reads git, changes nothing)."""
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, check=True).stdout
+
+    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}").decode().strip()
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=git("archive", commit, "parley"), check=True)
+    return ParleySource(dest, f"{commit[:10]} (`--parley-rev {revision}`, exported with git archive)")
+
+
+@dataclass
+class Server:
+    """A running server under test."""
+
+    kind: ServerKind
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    workdir: Path
+    secret: str = ""
+    database: str = "sqlite"
+    database_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    source: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/chat/ws"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.workdir / "data" / "parley.db"
+
+    def tokens(self, customers: int) -> list[str]:
+        """Tokens for ``customers`` different customers (none needed by the floor)."""
+        if self.kind == "floor":
+            return []
+        command = [sys.executable, "-c", MINT_TOKENS, self.secret, str(customers)]
+        env = clean_env({}, self.source)  # minted by the Parley under test
+        done = subprocess.run(command, env=env, cwd=self.workdir, capture_output=True, text=True, check=True)
+        tokens: list[str] = json.loads(done.stdout)
+        return tokens
+
+    def wait_ready(self) -> None:
+        """Poll ``/healthz`` until it answers 200; fail with the log's tail if the process dies first."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"{self.kind} did not answer {url} within {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait, SIGKILL if needed; return the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def spawn(
+    command: list[str], env: dict[str, str], cwd: Path, log_path: Path, cores: set[int]
+) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=pinned_to(cores),
+            start_new_session=True,
+        )
+
+
+def start_floor(cores: set[int], scratch: Path) -> Server:
+    workdir = Path(tempfile.mkdtemp(prefix="floor-", dir=scratch))
+    port = free_port()
+    log_path = workdir / "server.log"
+    command = [sys.executable, "-m", "bench.floor", "--port", str(port)]
+    proc = spawn(command, clean_env({}), REPO, log_path, cores)
+    server = Server("floor", proc, port, log_path, workdir)
+    server.wait_ready()
+    return server
+
+
+def parley_env(port: int, secret: str, data_dir: Path, database_url: str | None) -> dict[str, str]:
+    env = {
+        "PARLEY_HOST": "127.0.0.1",
+        "PARLEY_PORT": str(port),
+        "PARLEY_JWT_SECRET": secret,
+        "PARLEY_DATA_DIR": str(data_dir),
+        **PARLEY_BENCH_SETTINGS,
+    }
+    if database_url:
+        env["PARLEY_DATABASE_URL"] = database_url
+    return env
+
+
+def start_parley(
+    cores: set[int],
+    scratch: Path,
+    database: str,
+    database_url: str | None,
+    source: ParleySource,
+    extra_env: Mapping[str, str],
+) -> Server:
+    workdir = Path(tempfile.mkdtemp(prefix="parley-", dir=scratch))
+    port = free_port()
+    secret = secrets.token_urlsafe(48)
+    env = {**parley_env(port, secret, workdir / "data", database_url), **extra_env}
+    log_path = workdir / "server.log"
+    command = [sys.executable, "-m", "parley", "serve"]
+    proc = spawn(command, clean_env(env, source.path), workdir, log_path, cores)
+    server = Server("parley", proc, port, log_path, workdir, secret, database, database_url, env, source.path)
+    server.wait_ready()
+    return server
+
+
+def log_findings(server: Server, samples: int = 8) -> dict[str, object]:
+    """Warnings, errors and tracebacks in the server's output: counts and the first few lines."""
+    try:
+        lines = server.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"warnings": 0, "errors": 0, "tracebacks": 0, "samples": []}
+    marks = ("WARNING", "ERROR", "CRITICAL", "Traceback")
+    return {
+        "warnings": sum("WARNING" in line for line in lines),
+        "errors": sum("ERROR" in line or "CRITICAL" in line for line in lines),
+        "tracebacks": sum(line.startswith("Traceback") for line in lines),
+        "samples": [line[:300] for line in lines if any(m in line for m in marks)][:samples],
+    }

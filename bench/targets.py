@@ -1,0 +1,186 @@
+"""The issue's targets, judged on a run: met, missed by how much, or not measured in this run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.harness import RunRecord
+from bench.metrics import KIB, MIB
+from bench.results import PACED_RATE, Results, floors, ms, num, rate, ratio, size, times, us, value
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    measured: str
+    met: bool | None
+    gap: str = ""
+
+    def row(self) -> list[str]:
+        mark = "not measured" if self.met is None else "met" if self.met else "**missed**"
+        return [self.target, self.measured, mark, self.gap]
+
+
+def judge_at_most(measured: float, limit: float, unit: Callable[[float], str]) -> tuple[bool | None, str]:
+    if math.isnan(measured):
+        return None, ""
+    if measured <= limit:
+        return True, ""
+    over = measured - limit
+    return False, f"by {unit(over)} ({100 * over / limit:.0f}% over)" if limit else f"by {unit(over)}"
+
+
+def judge_at_least(measured: float, limit: float, unit: Callable[[float], str]) -> tuple[bool | None, str]:
+    if math.isnan(measured):
+        return None, ""
+    if measured >= limit:
+        return True, ""
+    short = limit - measured
+    return False, f"by {unit(short)} ({100 * short / limit:.0f}% short)"
+
+
+def at_most(
+    target: str, measured: float, limit: float, unit: Callable[[float], str], shown: str = ""
+) -> Verdict:
+    met, gap = judge_at_most(measured, limit, unit)
+    return Verdict(target, "–" if math.isnan(measured) else shown or unit(measured), met, gap)
+
+
+def at_least(
+    target: str, measured: float, limit: float, unit: Callable[[float], str], shown: str = ""
+) -> Verdict:
+    met, gap = judge_at_least(measured, limit, unit)
+    return Verdict(target, "–" if math.isnan(measured) else shown or unit(measured), met, gap)
+
+
+def cpu_targets(res: Results) -> list[Verdict]:
+    out = []
+    longest = max(res.levels("single"), default=200)
+    cases = (
+        ("single", longest, f"single stream, {longest}-delta turns"),
+        ("sweep", 100, "100 unpaced streams"),
+    )
+    for scenario, level, where in cases:
+        floor, parley = res.pair(scenario, level)
+        a, b = value(parley, "server_cpu_per_delta_us"), value(floor, "server_cpu_per_delta_us")
+        shown = f"{times(ratio(a, b))} ({us(a)} vs {us(b)})"
+        out.append(at_most(f"server CPU per delta ≤ 2 × floor, {where}", ratio(a, b), 2.0, floors, shown))
+    return out
+
+
+def throughput_targets(res: Results) -> list[Verdict]:
+    floor, parley = res.pair("sweep", 100)
+    a, b = value(parley, "deltas_per_s"), value(floor, "deltas_per_s")
+    shown = f"{times(ratio(a, b))} ({rate(a)} vs {rate(b)})"
+    return [
+        at_least("delivered deltas/s at 100 unpaced streams ≥ 0.6 × floor", ratio(a, b), 0.6, floors, shown)
+    ]
+
+
+def ttft_targets(res: Results) -> list[Verdict]:
+    """Judged on unpaced streams (the issue's default); paced streams are shown beside, for reference."""
+    out = []
+    for scenario, how in (("sweep", "unpaced"), ("paced", "paced 30/s, for reference")):
+        floor, parley = res.pair(scenario, 100)
+        for q, limit in (("p50", 3.0), ("p99", 15.0)):
+            a, b = value(parley, "ttft_ms", q), value(floor, "ttft_ms", q)
+            target = f"time to first text added over floor, 100 streams ({how}), {q} ≤ {limit:g} ms"
+            out.append(at_most(target, a - b, limit, ms, f"+{ms(a - b)} ({ms(a)} vs {ms(b)})"))
+    return out
+
+
+def cancel_targets(res: Results) -> list[Verdict]:
+    parley = res.find("cancel", "parley", 100)
+    out = [
+        at_most(
+            "cancel → cancelled at 100 streams, p50 ≤ 5 ms",
+            value(parley, "cancel", "latency_ms", "p50"),
+            5.0,
+            ms,
+        ),
+        at_most(
+            "cancel → cancelled at 100 streams, p99 ≤ 20 ms",
+            value(parley, "cancel", "latency_ms", "p99"),
+            20.0,
+            ms,
+        ),
+        at_most(
+            "deltas after `cancelled` = 0",
+            value(parley, "cancel", "after_cancelled"),
+            0.0,
+            lambda x: num(x, 0),
+        ),
+    ]
+    check = (parley.stored or {}).get("cancel") if parley else None
+    if check:
+        met = check["matched"] == check["checked"]
+        gap = "" if met else f"{check['checked'] - check['matched']} differ"
+        out.append(
+            Verdict(
+                "partial answers persisted (status cancelled, exact text)",
+                f"{check['matched']}/{check['checked']}",
+                met,
+                gap,
+            )
+        )
+    return out
+
+
+def memory_targets(res: Results) -> list[Verdict]:
+    parley = res.find("idle", "parley", 5000)
+    kib = value(parley, "per_connection_bytes") / KIB
+    return [at_most("memory per idle connection at 5,000 ≤ 30 KiB", kib, 30.0, lambda x: f"{x:.1f} KiB")]
+
+
+def persist_targets(res: Results) -> list[Verdict]:
+    out = []
+    for db, name, limit in (("sqlite", "SQLite", 1000.0), ("postgres", "PostgreSQL", 800.0)):
+        parley = res.find(f"persist-{db}", "parley")
+        out.append(
+            at_least(f"persisted turns/s, {name} ≥ {limit:,.0f}", value(parley, "turns_per_s"), limit, rate)
+        )
+    return out
+
+
+def paced_targets(res: Results) -> list[Verdict]:
+    parley = res.find("paced", "parley", 1000)
+    delivered = value(parley, "deltas_per_s") / (1000 * PACED_RATE)
+    shown = f"{delivered:.0%} ({rate(value(parley, 'deltas_per_s'))} of {rate(1000 * PACED_RATE)})"
+    return [
+        at_most("1,000 paced streams: gap p99 < 100 ms", value(parley, "gap_ms", "p99"), 100.0, ms),
+        at_most("1,000 paced streams: 0 errors", value(parley, "error_total"), 0.0, lambda x: num(x, 0)),
+        at_least(
+            "1,000 paced streams: delivered ≥ 95% of the asked rate (not an issue target: the knee check)",
+            delivered,
+            0.95,
+            lambda x: f"{x:.0%}",
+            shown,
+        ),
+    ]
+
+
+def slow_targets(res: Results) -> list[Verdict]:
+    parley = res.find("slow", "parley")
+    if parley is None:
+        return [Verdict("slow readers: server memory stays bounded", "–", None)]
+    growth = rss_growth(parley)
+    shown = f"last third peak {size(growth['late'])} vs middle third {size(growth['middle'])}"
+    return [Verdict("slow readers: server memory stays bounded", shown, growth["bounded"] > 0)]
+
+
+def verdicts(res: Results) -> list[Verdict]:
+    groups = (cpu_targets, throughput_targets, ttft_targets, cancel_targets, memory_targets)
+    return [v for group in (*groups, persist_targets, paced_targets, slow_targets) for v in group(res)]
+
+
+def rss_growth(record: RunRecord) -> dict[str, float]:
+    """Peak RSS in the middle and last thirds of a slow-reader run; bounded: the last within 10% + 8 MiB."""
+    series = [(float(t), float(r)) for t, r in record.load.get("rss", [])]
+    if len(series) < 6:
+        return {"middle": math.nan, "late": math.nan, "bounded": 0.0}
+    end = series[-1][0]
+    middle = max((r for t, r in series if end / 3 <= t < 2 * end / 3), default=math.nan)
+    late = max((r for t, r in series if t >= 2 * end / 3), default=math.nan)
+    return {"middle": middle, "late": late, "bounded": float(late <= 1.10 * middle + 8 * MIB)}
