@@ -76,6 +76,8 @@ class TextSender:
             self._last_sent = asyncio.get_running_loop().time()
 
     def _send(self, text: str) -> None:
+        if "\x00" in text:  # a database cannot store NUL; what is sent must equal what is stored
+            text = text.replace("\x00", "\ufffd")
         self._answer.text.append(text)
         self._answer.version += 1
         self._emit(text)

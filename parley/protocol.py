@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from parley.config import Dialect
 
@@ -31,18 +31,28 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL (\\u0000) characters")
+    return value
+
+
+# Text that will be stored: databases cannot keep NUL characters.
+StoredText = Annotated[str, AfterValidator(_no_nul)]
+
+
 class TextPart(_Frame):
     type: Literal["text"]
-    text: str
+    text: StoredText
 
 
 class HistoryMessage(_Frame):
     role: Literal["user", "assistant", "system"]
-    content: str | list[TextPart]
+    content: StoredText | list[TextPart]
 
 
 class UserInput(_Frame):
-    prompt: str | list[TextPart] = ""
+    prompt: StoredText | list[TextPart] = ""
     chat_history: list[HistoryMessage] = Field(default_factory=list)
     session_id: str | None = ""
     edit_of: str | None = None  # a user message id: the prompt becomes its sibling (a new branch)

@@ -789,3 +789,16 @@ async def test_numeric_request_id_is_refused_but_echoed_as_text(sqlite_server: L
         assert refused.error is not None
         assert refused.error["code"] == "invalid_request"
         assert "request_id" in refused.error["content"]
+
+
+async def test_nul_characters_are_refused_in_stored_text(server: LiveServer) -> None:
+    async with await server.client() as client:
+        refused = await client.turn(await client.chat("bad\x00prompt"))
+        assert refused.error is not None
+        assert refused.error["code"] == "invalid_request"
+        assert "NUL" in refused.error["content"]
+        sent = await client.turn(await client.chat("model says NUL", options={"text": "a\x00b", "chunks": 1}))
+    assert sent.status == "completed"
+    assert sent.text == "a\ufffdb"
+    rows = await server.store.session_messages(uuid.UUID(sent.session_id or ""))
+    assert rows[1].content == sent.text

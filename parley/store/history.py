@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from parley.errors import DatabaseFailed
-from parley.store.db import DbSession
+from parley.store.db import DbSession, WriteGate
 from parley.store.pagination import SessionCursor
 from parley.store.tables import ChatSession, Message, SessionTag, UTCDateTime, utcnow
 from parley.store.tree import Tree, ordered
@@ -88,19 +88,22 @@ class SessionView:
 class History:
     """Reads and edits of a customer's sessions. Database failures surface as ``DatabaseFailed``."""
 
-    def __init__(self, sessions: async_sessionmaker[DbSession], engine: AsyncEngine) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[DbSession], engine: AsyncEngine, writing: WriteGate
+    ) -> None:
         self._sessions = sessions
         self.engine = engine
+        self._writing = writing
 
     @asynccontextmanager
     async def db(self, write: bool = False) -> AsyncIterator[DbSession]:
         """A database session (in a transaction when ``write``); failures become ``DatabaseFailed``."""
         try:
-            async with self._sessions() as db:
-                if write:
-                    async with db.begin():
-                        yield db
-                else:
+            if write:
+                async with self._writing(), self._sessions() as db, db.begin():
+                    yield db
+            else:
+                async with self._sessions() as db:
                     yield db
         except SQLAlchemyError as exc:
             raise DatabaseFailed("The history could not be read or changed.") from exc

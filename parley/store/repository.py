@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.errors import DatabaseFailed, ValidationFailed
 from parley.store.branches import ContextMessage, Placement, check_branch_request, place
-from parley.store.db import DbSession, sessionmaker
+from parley.store.db import DbSession, WriteGate, sessionmaker
 from parley.store.history import History
 from parley.store.search import Search
 from parley.store.tables import ChatSession, Message, utcnow
@@ -94,7 +94,10 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine)
-        self.history = History(self._sessions, engine)  # the REST side: list, read, edit, branches
+        self.writing = WriteGate(engine)
+        self.history = History(
+            self._sessions, engine, self.writing
+        )  # the REST side: list, read, edit, branches
         self.search = Search(engine)
 
     async def ping(self) -> None:
@@ -134,7 +137,7 @@ class Store:
         """
         check_branch_request(session_id, edit_of, regenerate)
         try:
-            async with self._sessions() as db, db.begin():
+            async with self.writing(), self._sessions() as db, db.begin():
                 now = utcnow()
                 session = None
                 if session_id is None:
@@ -192,7 +195,7 @@ class Store:
     async def checkpoint(self, ai_message_id: uuid.UUID, content: str, reasoning: str | None) -> None:
         """Store the answer so far; the row stays ``streaming``."""
         try:
-            async with self._sessions() as db, db.begin():
+            async with self.writing(), self._sessions() as db, db.begin():
                 await db.execute(
                     update(Message)
                     .where(Message.id == ai_message_id)
@@ -214,7 +217,7 @@ class Store:
     ) -> None:
         """Store the final answer with its status and usage, and touch the session."""
         try:
-            async with self._sessions() as db, db.begin():
+            async with self.writing(), self._sessions() as db, db.begin():
                 now = utcnow()
                 await db.execute(
                     update(Message)
