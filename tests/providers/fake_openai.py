@@ -7,19 +7,16 @@ last one answers every later request (none queued: a short default answer).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+
+from tests.providers.fake_vendor import EventStream, FakeVendor
 
 CHUNK_ID = "chatcmpl-fake0001"
 CREATED = 1_700_000_000
@@ -110,66 +107,16 @@ def _frames(reply: Reply, model: str, include_usage: bool) -> list[tuple[float, 
     return [*frames, (0.0, sse("[DONE]"))]
 
 
-class _EventStream(Response):
-    """Sends the frames, and notes a client that hangs up before the stream's end."""
+class FakeOpenAI(FakeVendor[Reply]):
+    """The fake OpenAI server (see ``FakeVendor``), serving ``POST /v1/chat/completions``."""
 
-    def __init__(self, frames: list[tuple[float, bytes]], abrupt: bool, fake: FakeOpenAI) -> None:
-        super().__init__(status_code=200, media_type="text/event-stream")
-        self.frames = frames
-        self.abrupt = abrupt
-        self.fake = fake
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-request-id", b"req_fake")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        ended = False
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not ended:
-                self.fake.client_disconnected.set()
-
-        watcher = asyncio.create_task(watch())
-        try:
-            for delay, frame in self.frames:
-                if delay:
-                    await asyncio.wait({watcher}, timeout=delay)
-                if watcher.done():
-                    return
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-            if self.abrupt:
-                return  # uvicorn closes the connection of a response left unfinished
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            ended = True
-            watcher.cancel()
-            await self.fake._stream_ended()
-
-
-class FakeOpenAI:
-    """The fake server. ``requests`` holds each request's JSON body, ``headers`` its headers."""
+    name = "OpenAI"
+    base_path = "/v1"
 
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.client_disconnected = asyncio.Event()
-        self.streams_ended = 0  # event streams finished, however they ended
-        self._ended = asyncio.Condition()
-        self._replies: list[Reply] = []
-        self._used = 0
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        super().__init__(Reply())
 
     # --- scripting -------------------------------------------------------------------------------
-
-    def reply(self, reply: Reply) -> None:
-        self._replies.append(reply)
 
     def script(
         self,
@@ -215,58 +162,15 @@ class FakeOpenAI:
         reply = Reply(text_chunks=tuple(text_chunks), error_after=n_chunks)
         self.reply(reply if error is None else replace(reply, stream_error=error))
 
-    def _next_reply(self) -> Reply:
-        if self._used < len(self._replies):
-            self._used += 1
-            return self._replies[self._used - 1]
-        return self._replies[-1] if self._replies else Reply()
-
-    async def wait_streams_ended(self, count: int) -> None:
-        async with self._ended:
-            await self._ended.wait_for(lambda: self.streams_ended >= count)
-
-    async def _stream_ended(self) -> None:
-        async with self._ended:
-            self.streams_ended += 1
-            self._ended.notify_all()
-
     # --- serving -------------------------------------------------------------------------------
 
+    def routes(self) -> list[Route]:
+        return [Route("/v1/chat/completions", self._completions, methods=["POST"])]
+
     async def _completions(self, request: Request) -> Response:
-        body: dict[str, Any] = await request.json()
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
-        reply = self._next_reply()
+        body, reply = await self._take(request)
         if reply.status != 200:
             return JSONResponse(reply.body, status_code=reply.status, headers={"x-request-id": "req_fake"})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         frames = _frames(reply, str(body.get("model", "")), include_usage)
-        return _EventStream(frames, reply.abrupt, self)
-
-    async def start(self) -> None:
-        app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        config.timeout_graceful_shutdown = 2
-        self._server = server = uvicorn.Server(config)
-        self._task = task = asyncio.create_task(server.serve())
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the fake OpenAI server stopped during startup")
-                await asyncio.sleep(0.01)
-        self.port = server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await asyncio.wait_for(self._task, 10)
-
-    async def __aenter__(self) -> FakeOpenAI:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+        return EventStream(frames, reply.abrupt, self, "x-request-id")
