@@ -27,8 +27,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bench.frames import FILLER, encode, split_answer, word_count
+from bench.frames import FILLER, encode
 from bench.metrics import raise_nofile_limit
+from parley.providers.demo import approx_tokens as word_count
+from parley.providers.demo import split_answer
 
 MARK = "@@request_id@@"
 SESSION_ID = str(uuid.UUID(int=0x5EED))

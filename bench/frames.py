@@ -1,9 +1,8 @@
-"""What the load generator sends and what the floor answers with: pure functions, no I/O, no Parley import.
+"""What the load generator sends and what the floor answers with: pure functions, no I/O.
 
-The floor must answer a chat request with the events Parley sends for it, of the same sizes. The answer is
-cut the way the ``demo`` model cuts it (``parley/providers/demo.py``: ``split_answer``), which this file
-mirrors; the harness compares the bytes per turn of both servers on every run, so a drift shows up in the
-report instead of passing unnoticed.
+The floor must answer a chat request with the events Parley sends for it, of the same sizes; it cuts the
+answer with the ``demo`` model's own ``split_answer``. The harness also compares the bytes per turn of both
+servers on every run, so a drift shows up in the report instead of passing unnoticed.
 """
 
 from __future__ import annotations
@@ -21,24 +20,6 @@ def answer_text(chunks: int, delta_chars: int) -> str:
     """An answer of exactly ``chunks * delta_chars`` characters, so every delta has ``delta_chars``."""
     size = chunks * delta_chars
     return (FILLER * (size // len(FILLER) + 1))[:size]
-
-
-def split_answer(text: str, chunks: int) -> list[str]:
-    """The demo model's split for an explicit ``chunks``: near-equal pieces, short text repeated."""
-    while len(text) < chunks:
-        text = f"{text} {text}"
-    size, extra = divmod(len(text), chunks)
-    pieces, start = [], 0
-    for i in range(chunks):
-        end = start + size + (1 if i < extra else 0)
-        pieces.append(text[start:end])
-        start = end
-    return pieces
-
-
-def word_count(text: str) -> int:
-    """The demo model's token estimate (``approx_tokens``): words, at least one."""
-    return max(1, len(text.split()))
 
 
 def chat_request(
