@@ -21,6 +21,8 @@ from parley.auth import mint_token
 from parley.config import Settings
 from parley.server import ParleyServer
 from parley.store.repository import Store
+from tests.providers.fake_anthropic import FakeAnthropic
+from tests.providers.fake_openai import FakeOpenAI
 from tests.wsclient import ChatClient
 
 SECRET = "test-secret-" + "x" * 40
@@ -175,4 +177,52 @@ async def server(tmp_path: Path, database_url: str | None) -> AsyncIterator[Live
 async def sqlite_server(tmp_path: Path) -> AsyncIterator[LiveServer]:
     """Parley on SQLite only, for behaviour that does not depend on the database."""
     async with live_server(make_settings(tmp_path)) as live:
+        yield live
+
+
+# -- real providers' SDKs against local fakes of their APIs -------------------------------------------
+
+OPENAI_TEST_KEY = "sk-openai-test-key-never-shown"
+ANTHROPIC_TEST_KEY = "sk-ant-test-key-never-shown"
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def fake_anthropic() -> AsyncIterator[FakeAnthropic]:
+    async with FakeAnthropic() as fake:
+        yield fake
+
+
+def use_fake(monkeypatch: pytest.MonkeyPatch, fake: FakeOpenAI | FakeAnthropic) -> None:
+    """Configure the built-in provider the fake stands for through the variables its SDK documents."""
+    if isinstance(fake, FakeOpenAI):
+        monkeypatch.setenv("OPENAI_API_KEY", OPENAI_TEST_KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    else:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_TEST_KEY)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.base_url)
+
+
+@pytest.fixture
+async def gpt_server(
+    fake_openai: FakeOpenAI, tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LiveServer]:
+    """Parley on SQLite and PostgreSQL, not in dev mode, its OpenAI provider pointed at the fake."""
+    use_fake(monkeypatch, fake_openai)
+    async with live_server(make_settings(tmp_path, database_url, provider_retry_backoff_s=0.01)) as live:
+        yield live
+
+
+@pytest.fixture
+async def claude_server(
+    fake_anthropic: FakeAnthropic, tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LiveServer]:
+    """Parley on SQLite and PostgreSQL, not in dev mode, its Anthropic provider pointed at the fake."""
+    use_fake(monkeypatch, fake_anthropic)
+    async with live_server(make_settings(tmp_path, database_url, provider_retry_backoff_s=0.01)) as live:
         yield live

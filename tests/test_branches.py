@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import LiveServer, live_server, make_settings
+from tests.conftest import LiveServer
 from tests.history_helpers import branch_frame, completed, fresh_customer, send_turn, session_json
 from tests.providers.fake_openai import FakeOpenAI
 from tests.test_turn_paths import stored_counts
@@ -219,22 +217,6 @@ async def test_branch_requests_need_one_field_and_a_session(sqlite_server: LiveS
 
 
 # -- what the model is sent --------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gpt_server(
-    fake_openai: FakeOpenAI, tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[LiveServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-branches")
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
-    async with live_server(make_settings(tmp_path, database_url)) as live:
-        yield live
 
 
 def sent(fake: FakeOpenAI, index: int) -> list[tuple[str, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +16,11 @@ import pytest
 
 from parley.providers.base import ChatMessage, ProviderRequest
 from parley.providers.registry import BUILTIN, Endpoint, build_provider
-from tests.conftest import LiveServer, live_server, make_settings
+from tests.conftest import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY, LiveServer, live_server, make_settings
 from tests.providers.fake_anthropic import FakeAnthropic
 from tests.providers.fake_openai import FakeOpenAI
 
-KEY = "sk-ant-test-key-never-shown"
 MANUAL_SCRIPT = Path(__file__).parent / "manual" / "test_session_persistence_manual.py"
-
-
-@pytest.fixture
-async def fake_anthropic() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def claude_server(
-    fake_anthropic: FakeAnthropic, tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[LiveServer]:
-    """Parley on SQLite and PostgreSQL, its Anthropic provider pointed at the fake."""
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.base_url)
-    settings = make_settings(tmp_path, database_url, provider_retry_backoff_s=0.01)
-    async with live_server(settings) as server:
-        yield server
 
 
 async def test_claude_turns_keep_the_session_reasoning_and_usage(
@@ -118,7 +98,7 @@ async def test_http_failures_become_protocol_errors(
     assert summary.status == "error"
     assert summary.error is not None
     assert (summary.error["stage"], summary.error["code"]) == ("provider", code)
-    assert KEY not in summary.error["content"]
+    assert ANTHROPIC_TEST_KEY not in summary.error["content"]
     if status == 401:
         assert "key" in summary.error["content"].lower()
     assert len(fake_anthropic.requests) == attempts  # transient failures retried before the first token
@@ -197,26 +177,6 @@ async def run_manual_check(server: LiveServer, model: str) -> None:
 
 # -- OpenAI (and every OpenAI-compatible server) -----------------------------------------------------
 
-OPENAI_KEY = "sk-openai-test-key-never-shown"
-
-
-@pytest.fixture
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gpt_server(
-    fake_openai: FakeOpenAI, tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[LiveServer]:
-    """Parley on SQLite and PostgreSQL, its OpenAI provider pointed at the fake by OPENAI_BASE_URL."""
-    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
-    settings = make_settings(tmp_path, database_url, provider_retry_backoff_s=0.01)
-    async with live_server(settings) as server:
-        yield server
-
 
 async def test_gpt_turns_keep_the_session_reasoning_and_usage(
     gpt_server: LiveServer, fake_openai: FakeOpenAI
@@ -289,7 +249,7 @@ async def test_gpt_http_failures_become_protocol_errors(
         summary = await client.turn(await client.chat("Hi", model="gpt-4o-mini"))
     assert summary.error is not None
     assert (summary.error["stage"], summary.error["code"]) == ("provider", code)
-    assert OPENAI_KEY not in summary.error["content"]
+    assert OPENAI_TEST_KEY not in summary.error["content"]
     assert len(fake_openai.requests) == attempts
     rows = await gpt_server.store.session_messages(uuid.UUID(summary.session_id or ""))
     assert (rows[1].status, rows[1].error_code) == ("error", code)
@@ -340,7 +300,7 @@ async def test_models_endpoint_lists_what_is_configured(gpt_server: LiveServer) 
     assert rows["anthropic"]["configured"] is False
     assert rows["anthropic"]["key_env"] == "ANTHROPIC_API_KEY"
     assert rows["anthropic"]["served_by"] is None
-    assert OPENAI_KEY not in str(body)
+    assert OPENAI_TEST_KEY not in str(body)
 
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from parley.titles import INSTRUCTION, clean_title, demo_title
-from tests.conftest import LiveServer, live_server, make_settings
+from tests.conftest import LiveServer, live_server, make_settings, use_fake
 from tests.history_helpers import completed, eventually, fresh_customer, session_json
 from tests.providers.fake_openai import FakeOpenAI
 
@@ -23,17 +23,10 @@ async def titled_server(tmp_path: Path, database_url: str | None) -> AsyncIterat
 
 
 @pytest.fixture
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def titled_gpt_server(
     fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[LiveServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-titles")
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    use_fake(monkeypatch, fake_openai)
     settings = make_settings(tmp_path, auto_title=True, provider_attempts=1)
     async with live_server(settings) as live:
         yield live
