@@ -49,11 +49,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await migrate(engine)
             supervisor = Supervisor()
-            services = TurnServices(settings, Store(engine), registry, supervisor)
+            store = Store(engine)
+            services = TurnServices(settings, store, registry, supervisor)
             runtime = Runtime(settings, verifier, services, supervisor)
             app.state.runtime = runtime
-            yield
-            await runtime.supervisor.drain(settings.shutdown_grace_s)
+            try:
+                yield
+                await runtime.supervisor.drain(settings.shutdown_grace_s)
+            finally:
+                await store.close()
         finally:
             await registry.aclose()
             await engine.dispose()

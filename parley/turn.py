@@ -34,7 +34,7 @@ from parley.providers.base import (
     stream_with_retries,
 )
 from parley.providers.registry import ModelRegistry, Resolved
-from parley.store.repository import ContextMessage, Store, TurnRecord
+from parley.store.repository import ContextMessage, Store, TurnRecord, parse_uuid
 from parley.tasks import Supervisor
 from parley.titles import schedule_title
 
@@ -165,16 +165,15 @@ class Turn:
         if isinstance(resolved, ParleyError):
             raise resolved
         resolved.provider.check_options(request.user_settings.text.options)
-        session_id = request.user_input.session_id
-        if (
-            session_id
-            and await self.services.store.find_session(self.identity.customer_id, session_id) is None
-        ):
-            raise ValidationFailed(f"Session {session_id[:64]!r} was not found.", code="session_not_found")
         return request, resolved
 
     async def _persist_question(self, request: ChatRequest, resolved: Resolved) -> TurnRecord:
+        """Store the question; an unknown session (or someone else's) is refused here, in the same
+        transaction that locks it, rather than by a read of its own before."""
         session_id = request.user_input.session_id
+        key = parse_uuid(session_id) if session_id else None
+        if session_id and key is None:
+            raise ValidationFailed(f"Session {session_id[:64]!r} was not found.", code="session_not_found")
         imported = (
             []
             if session_id
@@ -186,7 +185,7 @@ class Turn:
         )
         return await self.services.store.start_turn(
             customer_id=self.identity.customer_id,
-            session_id=uuid.UUID(session_id) if session_id else None,
+            session_id=key,
             prompt=request.prompt_text,
             model=resolved.model,
             provider=resolved.provider.name,

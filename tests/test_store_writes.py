@@ -16,7 +16,7 @@ async def test_no_per_token_writes(server: LiveServer) -> None:
         if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
             writes.append(" ".join(statement.split()[:3]))
 
-    engine = server.store.engine.sync_engine
+    engine = server.store.write_engine
     event.listen(engine, "before_cursor_execute", count)
     try:
         async with await server.client() as client:

@@ -1,0 +1,213 @@
+"""A turn's own writes, the database side of the hot path: start, checkpoint, finish.
+
+Each is a function of a synchronous ``Connection`` for a ``Writer`` to run (see ``writer.py``), written in
+SQLAlchemy Core with statements built once: no ORM unit of work, no identity map, and as few statements
+as the turn needs. Starting a turn in a new session is two inserts; continuing one is two reads (the
+session, locked, and its messages) and two writes; finishing is two updates.
+
+Every function reads before it writes and raises its refusals (``session_not_found``, a branch target
+not in the session) before its first write, as the writer's batches require.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.engine import Connection
+
+from parley.errors import ValidationFailed
+from parley.store.branches import ContextMessage, Placement, check_branch_request, place
+from parley.store.tables import ChatSession, Message, utcnow
+
+TITLE_CHARS = 80
+
+_sessions = cast("Table", ChatSession.__table__)
+_messages = cast("Table", Message.__table__)
+
+INSERT_SESSION = insert(_sessions)
+INSERT_MESSAGES = insert(_messages)
+LOCK_SESSION = (
+    select(_sessions.c.active_leaf_id)
+    .where(_sessions.c.id == bindparam("sid"), _sessions.c.customer_id == bindparam("cid"))
+    .with_for_update()  # PostgreSQL: turns on one session start one after the other (SQLite: one writer)
+)
+SESSION_TREE = select(
+    _messages.c.id, _messages.c.parent_id, _messages.c.role, _messages.c.content, _messages.c.created_at
+).where(_messages.c.session_id == bindparam("sid"))
+MOVE_LEAF = (
+    update(_sessions)
+    .where(_sessions.c.id == bindparam("sid"))
+    .values(active_leaf_id=bindparam("leaf"), updated_at=bindparam("now"))
+)
+TOUCH_SESSION = (
+    update(_sessions).where(_sessions.c.id == bindparam("sid")).values(updated_at=bindparam("now"))
+)
+SAVE_ANSWER = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("mid"))
+    .values(content=bindparam("content"), reasoning=bindparam("reasoning"), updated_at=bindparam("now"))
+)
+FINISH_ANSWER = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("mid"))
+    .values(
+        content=bindparam("content"),
+        reasoning=bindparam("reasoning"),
+        status=bindparam("status"),
+        usage=bindparam("usage"),
+        error_code=bindparam("error_code"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """What ``start_turn`` committed: the ids the turn reports, the history before it and the prompt.
+
+    ``history`` is the path from the root to the question's parent; ``prompt`` is the question's text
+    (the stored one when regenerating); ``new_session`` is true when this turn created the session.
+    """
+
+    session_id: uuid.UUID
+    user_message_id: uuid.UUID
+    ai_message_id: uuid.UUID
+    history: list[ContextMessage]
+    prompt: str = ""
+    new_session: bool = False
+
+
+@dataclass(frozen=True)
+class StartTurn:
+    """A turn to start: a new session (``session_id`` None, with ``imported`` history) or a next turn."""
+
+    customer_id: str
+    session_id: uuid.UUID | None
+    prompt: str
+    model: str
+    provider: str
+    request_id: str
+    imported: Sequence[ContextMessage] = ()
+    edit_of: str | None = None
+    regenerate: str | None = None
+    # Made up front, so every statement can name them and a retried batch writes the same rows.
+    ids: list[uuid.UUID] = field(default_factory=list)
+
+    def __call__(self, conn: Connection) -> TurnRecord:
+        check_branch_request(self.session_id, self.edit_of, self.regenerate)
+        now = utcnow()
+        if self.session_id is None:
+            return self._new_session(conn, now)
+        found = conn.execute(LOCK_SESSION, {"sid": self.session_id, "cid": self.customer_id}).first()
+        if found is None:
+            raise ValidationFailed(
+                f"Session {str(self.session_id)!r} was not found.", code="session_not_found"
+            )
+        # Rows of the columns the tree reads (id, parent_id, role, content, created_at), not ORM objects.
+        rows = cast("Sequence[Message]", conn.execute(SESSION_TREE, {"sid": self.session_id}).all())
+        where = place(rows, found[0], self.prompt, self.edit_of, self.regenerate)  # may refuse: no write yet
+        turn = self._messages(self.session_id, where, (), now)
+        conn.execute(INSERT_MESSAGES, turn)
+        conn.execute(MOVE_LEAF, {"sid": self.session_id, "leaf": turn[-1]["id"], "now": now})
+        return self._record(self.session_id, where, turn, new_session=False)
+
+    def _new_session(self, conn: Connection, now: datetime) -> TurnRecord:
+        session_id = self._id(0)
+        where = Placement(None, [], self.prompt)
+        turn = self._messages(session_id, where, self.imported, now)
+        session = {
+            "id": session_id,
+            "customer_id": self.customer_id,
+            "title": title_from(self.prompt),
+            "created_at": now,
+            "updated_at": now,
+            "active_leaf_id": turn[-1]["id"],
+        }
+        conn.execute(INSERT_SESSION, session)
+        conn.execute(INSERT_MESSAGES, turn)
+        return self._record(session_id, where, turn, new_session=True)
+
+    def _messages(
+        self, session_id: uuid.UUID, where: Placement, imported: Sequence[ContextMessage], now: datetime
+    ) -> list[dict[str, Any]]:
+        """Imported history (new sessions), the question (unless regenerating) and the empty answer row,
+        each the child of the one before and a microsecond after it (so they sort in this order)."""
+        common = {
+            "session_id": session_id,
+            "customer_id": self.customer_id,
+            "request_id": self.request_id,
+            "reasoning": None,
+            "error_code": None,
+            "status": "completed",
+            "model": None,
+            "provider": None,
+        }
+        turn = [{**common, "role": m.role, "content": m.content} for m in imported]
+        if not where.question:
+            turn.append({**common, "role": "user", "content": self.prompt})
+        answer = {"role": "assistant", "content": "", "status": "streaming"}
+        turn.append({**common, **answer, "model": self.model, "provider": self.provider})
+        parent: object = where.parent
+        for offset, message in enumerate(turn):
+            message["id"] = self._id(offset + 1)
+            message["parent_id"] = parent
+            message["created_at"] = message["updated_at"] = now + timedelta(microseconds=offset)
+            parent = message["id"]
+        return turn
+
+    def _id(self, index: int) -> uuid.UUID:
+        while len(self.ids) <= index:
+            self.ids.append(uuid.uuid4())
+        return self.ids[index]
+
+    @staticmethod
+    def _record(
+        session_id: uuid.UUID, where: Placement, turn: list[dict[str, Any]], new_session: bool
+    ) -> TurnRecord:
+        question = where.question or turn[-2]["id"]
+        return TurnRecord(
+            session_id, question, turn[-1]["id"], where.history, where.prompt, new_session=new_session
+        )
+
+
+@dataclass(frozen=True)
+class SaveAnswer:
+    """A checkpoint: the answer so far; the row stays ``streaming``."""
+
+    message_id: uuid.UUID
+    content: str
+    reasoning: str | None
+
+    def __call__(self, conn: Connection) -> None:
+        params = {"mid": self.message_id, "content": self.content, "reasoning": self.reasoning}
+        conn.execute(SAVE_ANSWER, {**params, "now": utcnow()})
+
+
+@dataclass(frozen=True)
+class FinishTurn:
+    """The final answer with its status and usage; the session's activity time moves on."""
+
+    session_id: uuid.UUID
+    message_id: uuid.UUID
+    content: str
+    reasoning: str | None
+    status: str
+    usage: dict[str, Any] | None
+    error_code: str | None
+
+    def __call__(self, conn: Connection) -> None:
+        now = utcnow()
+        answer = {"mid": self.message_id, "content": self.content, "reasoning": self.reasoning}
+        final = {"status": self.status, "usage": self.usage, "error_code": self.error_code}
+        conn.execute(FINISH_ANSWER, {**answer, **final, "now": now})
+        conn.execute(TOUCH_SESSION, {"sid": self.session_id, "now": now})
+
+
+def title_from(prompt: str) -> str:
+    line = " ".join(prompt.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
