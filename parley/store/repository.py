@@ -39,7 +39,7 @@ class Store:
         self.engine = engine
         self._sessions = sessionmaker(engine)
         self.writing = WriteGate(engine)
-        self._writer = writer_for(engine, self.writing)
+        self._writer = writer_for(engine)
         self.history = History(
             self._sessions, engine, self.writing
         )  # the REST side: list, read, edit, branches

@@ -5,8 +5,9 @@ SQLAlchemy Core with statements built once: no ORM unit of work, no identity map
 as the turn needs. Starting a turn in a new session is two inserts; continuing one is two reads (the
 session, locked, and its messages) and two writes; finishing is two updates.
 
-Every function reads before it writes and raises its refusals (``session_not_found``, a branch target
-not in the session) before its first write, as the writer's batches require.
+Each names its ``lane_key`` (the row it locks first), which keeps writes to one session in one writer
+lane on PostgreSQL. Every function reads before it writes and raises its refusals (``session_not_found``,
+a branch target not in the session) before its first write, as the writer's batches require.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class StartTurn:
     # Made up front, so every statement can name them and a retried batch writes the same rows.
     ids: list[uuid.UUID] = field(default_factory=list)
 
+    @property
+    def lane_key(self) -> uuid.UUID | None:
+        return self.session_id
+
     def __call__(self, conn: Connection) -> TurnRecord:
         check_branch_request(self.session_id, self.edit_of, self.regenerate)
         now = utcnow()
@@ -183,6 +188,10 @@ class SaveAnswer:
     content: str
     reasoning: str | None
 
+    @property
+    def lane_key(self) -> uuid.UUID:
+        return self.message_id
+
     def __call__(self, conn: Connection) -> None:
         params = {"mid": self.message_id, "content": self.content, "reasoning": self.reasoning}
         conn.execute(SAVE_ANSWER, {**params, "now": utcnow()})
@@ -199,6 +208,10 @@ class FinishTurn:
     status: str
     usage: dict[str, Any] | None
     error_code: str | None
+
+    @property
+    def lane_key(self) -> uuid.UUID:
+        return self.session_id
 
     def __call__(self, conn: Connection) -> None:
         now = utcnow()

@@ -1,20 +1,19 @@
-"""Where a turn's writes run: one writer thread that commits many turns together on SQLite, a pooled
-async transaction per write elsewhere.
+"""Where a turn's writes run: one writer that takes whatever writes are queued and commits them together.
 
 A write is a plain function of a synchronous SQLAlchemy ``Connection`` (SQLAlchemy Core, a few statements).
-On SQLite, which takes one writer at a time anyway, every such function goes to a single thread holding
-one connection. The thread takes whatever is queued (up to ``MAX_BATCH`` writes), runs it all in one
-``BEGIN IMMEDIATE`` transaction and commits once, then wakes the event loop once for the whole batch.
-Under load that is one commit and one thread hop per batch instead of several per turn; the profile of
-the old path (an ORM session per write through aiosqlite, a hop per statement) is in bench/results.
+A writer takes what is queued (up to ``MAX_BATCH`` writes), runs it all in one transaction and commits once,
+then wakes the waiting turns. Under load that is one BEGIN/COMMIT (and on SQLite one thread hop) per batch
+instead of per write; the profiles behind this are in bench/results/report.md.
+
+- SQLite, which takes one writer at a time anyway: a thread holding one connection, ``BEGIN IMMEDIATE``.
+- PostgreSQL (and an in-memory SQLite, which a second connection could not see): an asyncio task running
+  each batch on one pooled connection through ``AsyncConnection.run_sync``. Writes to one session queue
+  behind each other in order; a REST edit holding a session's row lock makes the batch wait for it.
 
 The contract of a write function: it reads first and raises ``ParleyError`` (a refusal such as an unknown
 session) only before its first write, so a refusal never leaves a half-written turn in a shared batch.
 Any other failure rolls the batch back and each of its writes is retried alone, so only the failing one
 fails.
-
-Other databases (and an in-memory SQLite, which a second connection could not see) run each write in its
-own transaction on the async engine, through ``AsyncConnection.run_sync``.
 """
 
 from __future__ import annotations
@@ -32,15 +31,16 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.errors import DatabaseFailed, ParleyError
-from parley.store.db import SQLITE_BUSY_TIMEOUT_MS, WriteGate, sqlite_pragmas
+from parley.store.db import SQLITE_BUSY_TIMEOUT_MS, sqlite_pragmas
 
 log = logging.getLogger("parley.store")
 
 T = TypeVar("T")
 Write = Callable[[Connection], T]
 MAX_BATCH = 64
+LANES = 4  # PostgreSQL: batches in flight at once (of the pool's 20 connections)
 
-__all__ = ["AsyncWriter", "SqliteWriter", "Writer", "writer_for"]
+__all__ = ["SqliteWriter", "TaskWriter", "Writer", "run_batch", "writer_for"]
 
 
 class Writer(Protocol):
@@ -54,34 +54,16 @@ class Writer(Protocol):
     async def close(self) -> None: ...
 
 
-def writer_for(engine: AsyncEngine, gate: WriteGate) -> Writer:
+def writer_for(engine: AsyncEngine) -> Writer:
     url = engine.url
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         return SqliteWriter(url.render_as_string(hide_password=False))
-    return AsyncWriter(engine, gate)
-
-
-class AsyncWriter:
-    """One transaction per write on the async engine (PostgreSQL: its own row locks order the writers)."""
-
-    def __init__(self, engine: AsyncEngine, gate: WriteGate) -> None:
-        self._engine = engine
-        self._gate = gate
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine.sync_engine
-
-    async def run(self, write: Write[T]) -> T:
-        async with self._gate(), self._engine.begin() as conn:
-            return await conn.run_sync(write)
-
-    async def close(self) -> None:
-        return None
+    return TaskWriter(engine)
 
 
 _STOP = object()
 _Job = tuple[Callable[[Connection], Any], "asyncio.Future[Any]"]
+_Outcome = tuple[_Job, Any, bool]  # (job, result or exception, ok)
 
 
 class SqliteWriter:
@@ -134,7 +116,7 @@ class SqliteWriter:
                     except Exception as exc:  # the next batch tries again
                         self._settle([(job, exc, False) for job in batch])
                     else:
-                        self._settle(self._run_batch(conn, batch))
+                        self._settle(run_batch(conn, batch))
                 if stop:
                     return
         finally:
@@ -155,29 +137,107 @@ class SqliteWriter:
                 return batch, False
         return batch, True
 
-    def _run_batch(self, conn: Connection, batch: list[_Job]) -> list[tuple[_Job, Any, bool]]:
-        try:
-            with conn.begin():
-                return [(job, *_attempt(conn, job[0])) for job in batch]
-        except Exception as exc:
-            if len(batch) == 1:
-                return [(batch[0], exc, False)]
-            log.warning("a batch of %d writes failed (%s); retrying each alone", len(batch), exc)
-            return [self._run_alone(conn, job) for job in batch]
-
-    @staticmethod
-    def _run_alone(conn: Connection, job: _Job) -> tuple[_Job, Any, bool]:
-        try:
-            with conn.begin():
-                return (job, *_attempt(conn, job[0]))
-        except Exception as exc:
-            return (job, exc, False)
-
-    def _settle(self, outcomes: list[tuple[_Job, Any, bool]]) -> None:
+    def _settle(self, outcomes: list[_Outcome]) -> None:
         """Hand the outcomes to the event loop: one wake-up for the whole batch."""
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
             self._loop.call_soon_threadsafe(_resolve, outcomes)
+
+
+class TaskWriter:
+    """The writer as asyncio tasks: ``lanes`` of them, each running its batches on one pooled connection.
+
+    One lane would wait on one database round trip at a time. Several lanes overlap them; a write goes to
+    the lane of its ``lane_key`` (the session, or the message), so two batches never hold locks on the
+    same session and cannot deadlock each other. Writes without a key (a new session) take turns.
+    """
+
+    def __init__(self, engine: AsyncEngine, lanes: int = LANES) -> None:
+        self._engine = engine
+        self._lanes = [_Lane(engine, n) for n in range(lanes)]
+        self._next = 0
+        self._closed = False
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine.sync_engine
+
+    async def run(self, write: Write[T]) -> T:
+        if self._closed:
+            raise DatabaseFailed("The database is closed.")
+        key = getattr(write, "lane_key", None)
+        if key is None:
+            self._next += 1
+            key = self._next
+        return await self._lanes[hash(key) % len(self._lanes)].run(write)
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.gather(*(lane.close() for lane in self._lanes))
+
+
+class _Lane:
+    def __init__(self, engine: AsyncEngine, number: int) -> None:
+        self._engine = engine
+        self._name = f"parley-writer-{number}"
+        self._queue: asyncio.Queue[_Job | object] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self, write: Write[T]) -> T:
+        if self._task is None:
+            self._task = asyncio.create_task(self._serve(), name=self._name)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((write, future))
+        # Shielded: a cancelled caller stops waiting, but a write already queued still happens, whole.
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._queue.put_nowait(_STOP)
+            await self._task
+
+    async def _serve(self) -> None:
+        while True:
+            batch, stop = await self._take()
+            if batch:
+                try:
+                    async with self._engine.connect() as conn:
+                        outcomes = await conn.run_sync(run_batch, batch)
+                except Exception as exc:  # no connection: this batch fails, the next one tries again
+                    outcomes = [(job, exc, False) for job in batch]
+                _resolve(outcomes)
+            if stop:
+                return
+
+    async def _take(self) -> tuple[list[_Job], bool]:
+        batch: list[_Job] = []
+        item = await self._queue.get()
+        while item is not _STOP:
+            batch.append(item)  # type: ignore[arg-type]
+            if len(batch) >= MAX_BATCH or self._queue.empty():
+                return batch, False
+            item = self._queue.get_nowait()
+        return batch, True
+
+
+def run_batch(conn: Connection, batch: list[_Job]) -> list[_Outcome]:
+    """Run the writes in one transaction; if one fails, roll back and run each alone."""
+    try:
+        with conn.begin():
+            return [(job, *_attempt(conn, job[0])) for job in batch]
+    except Exception as exc:
+        if len(batch) == 1:
+            return [(batch[0], exc, False)]
+        log.warning("a batch of %d writes failed (%s); retrying each alone", len(batch), exc)
+        return [_run_alone(conn, job) for job in batch]
+
+
+def _run_alone(conn: Connection, job: _Job) -> _Outcome:
+    try:
+        with conn.begin():
+            return (job, *_attempt(conn, job[0]))
+    except Exception as exc:
+        return (job, exc, False)
 
 
 def _attempt(conn: Connection, write: Callable[[Connection], Any]) -> tuple[Any, bool]:
@@ -188,7 +248,7 @@ def _attempt(conn: Connection, write: Callable[[Connection], Any]) -> tuple[Any,
         return refusal, False
 
 
-def _resolve(outcomes: list[tuple[_Job, Any, bool]]) -> None:
+def _resolve(outcomes: list[_Outcome]) -> None:
     for (_write, future), value, ok in outcomes:
         if future.done():
             continue

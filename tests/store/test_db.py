@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncpg
+import pytest
 from alembic import command
 from sqlalchemy import inspect, text
 
+from parley.store import db
 from parley.store.db import alembic_config, create_engine, migrate
 
 
@@ -41,5 +44,27 @@ async def test_migrations_upgrade_twice_and_downgrade(tmp_path: Path) -> None:
         async with engine.connect() as conn:
             tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
         assert "chat_messages" not in tables
+    finally:
+        await engine.dispose()
+
+
+async def test_postgres_connection_killed_while_idle_is_replaced(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ping on a busy pool, but a connection that sat idle is checked, and a dead one replaced."""
+    monkeypatch.setattr(db, "IDLE_PING_AFTER_S", 0.0)
+    engine = create_engine(postgres_url)
+    pid_sql = text("SELECT pg_backend_pid()")
+    try:
+        async with engine.connect() as one, engine.connect() as two:  # two pooled connections
+            pids = {(await one.execute(pid_sql)).scalar(), (await two.execute(pid_sql)).scalar()}
+        admin = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+        try:
+            for pid in pids:
+                await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        async with engine.connect() as conn:
+            assert (await conn.execute(pid_sql)).scalar() not in pids
     finally:
         await engine.dispose()

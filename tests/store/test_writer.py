@@ -1,45 +1,71 @@
-"""The SQLite writer thread: group commit, and a batch where one write fails or refuses loses no other."""
+"""The writers (SQLite thread, PostgreSQL task): group commit, and a batch where one write fails or is
+refused loses no other write."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from parley.errors import DatabaseFailed, ValidationFailed
 from parley.store.db import create_engine, migrate
-from parley.store.tables import ChatSession
+from parley.store.tables import ChatSession, Message
 from parley.store.turns import StartTurn
-from parley.store.writer import SqliteWriter
+from parley.store.writer import SqliteWriter, TaskWriter, Writer
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def writer_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture
-async def writer(tmp_path: Path) -> AsyncIterator[SqliteWriter]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
-    engine = create_engine(url)
+async def writer(writer_url: str) -> AsyncIterator[Writer]:
+    engine = create_engine(writer_url)
     await migrate(engine)
-    await engine.dispose()
-    made = SqliteWriter(url)
+    postgres = engine.dialect.name == "postgresql"
+    made: Writer = TaskWriter(engine, lanes=1) if postgres else SqliteWriter(writer_url)
     try:
         yield made
     finally:
         await made.close()
+        await engine.dispose()
 
 
-def start(customer: str = "c1", session_id: uuid.UUID | None = None) -> StartTurn:
+CUSTOMER = "c1"
+
+
+def start(customer: str = CUSTOMER, session_id: uuid.UUID | None = None) -> StartTurn:
     return StartTurn(customer, session_id, "hello", "demo", "demo", uuid.uuid4().hex)
 
 
-def count_sessions(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(ChatSession)).scalar_one())
+class Customer:
+    """A customer of its own per test: the PostgreSQL database is shared by the whole run."""
+
+    def __init__(self) -> None:
+        self.id = f"c-{uuid.uuid4().hex[:8]}"
+
+    def start(self, session_id: uuid.UUID | None = None) -> StartTurn:
+        return start(self.id, session_id)
+
+    def sessions(self, conn: Connection) -> int:
+        mine = select(func.count()).select_from(ChatSession).where(ChatSession.customer_id == self.id)
+        return int(conn.execute(mine).scalar_one())
+
+    def messages(self, conn: Connection) -> int:
+        mine = select(func.count()).select_from(Message).where(Message.customer_id == self.id)
+        return int(conn.execute(mine).scalar_one())
 
 
 class Gate:
@@ -53,13 +79,28 @@ class Gate:
         self.entered.set()
         self.release.wait(10)
 
-    async def hold(self, writer: SqliteWriter) -> asyncio.Task[None]:
-        task = asyncio.create_task(writer.run(self))
-        await asyncio.to_thread(self.entered.wait, 10)
-        return task
+
+async def queued(writer: Writer, writes: list[Callable[[Connection], Any]]) -> list[asyncio.Future[Any]]:
+    """Queue ``writes`` so that the writer takes them as one batch.
+
+    The SQLite writer is a thread: a gate write holds it while the others queue. The task writer runs on
+    this loop: writes queued in one go, before it next runs, are taken together.
+    """
+    if not isinstance(writer, SqliteWriter):
+        futures: list[asyncio.Future[Any]] = [asyncio.ensure_future(writer.run(w)) for w in writes]
+        await asyncio.sleep(0)  # every run() has queued its write; the writer has not run yet
+        return futures
+    gate = Gate()
+    held = asyncio.ensure_future(writer.run(gate))
+    await asyncio.to_thread(gate.entered.wait, 10)
+    futures = [asyncio.ensure_future(writer.run(w)) for w in writes]
+    await asyncio.sleep(0)  # every run() has queued its write
+    gate.release.set()
+    await held
+    return futures
 
 
-def begins(writer: SqliteWriter) -> list[str]:
+def begins(writer: Writer) -> list[str]:
     seen: list[str] = []
 
     def on_begin(conn: Any) -> None:
@@ -69,71 +110,76 @@ def begins(writer: SqliteWriter) -> list[str]:
     return seen
 
 
-async def test_queued_writes_commit_together(writer: SqliteWriter) -> None:
-    gate = Gate()
-    held = await gate.hold(writer)
+async def test_queued_writes_commit_together(writer: Writer) -> None:
+    me = Customer()
+    await writer.run(me.sessions)  # the writer is up
     seen = begins(writer)
-    starts = [asyncio.ensure_future(writer.run(start())) for _ in range(10)]
-    await asyncio.sleep(0)  # every run() has queued its write
-    gate.release.set()
-    records = await asyncio.gather(*starts)
-    await held
+    records = await asyncio.gather(*await queued(writer, [me.start() for _ in range(10)]))
     assert len({r.session_id for r in records}) == 10
-    assert seen == ["BEGIN"]  # the ten writes queued behind the gate went in one transaction
-    assert await writer.run(count_sessions) == 10
+    gate = 1 if isinstance(writer, SqliteWriter) else 0  # the SQLite writer's gate is a transaction too
+    assert len(seen) == gate + 1  # ten writes, one transaction
+    assert await writer.run(me.sessions) == 10
 
 
-async def test_a_failing_write_fails_alone(writer: SqliteWriter) -> None:
-    first = await writer.run(start())
-    duplicate = StartTurn("c1", None, "again", "demo", "demo", "r", ids=[first.session_id])
-    gate = Gate()
-    held = await gate.hold(writer)
-    good = [asyncio.ensure_future(writer.run(start())) for _ in range(3)]
-    bad = asyncio.ensure_future(writer.run(duplicate))  # the same session id: a primary key clash
-    more = asyncio.ensure_future(writer.run(start()))
-    await asyncio.sleep(0)
-    gate.release.set()
-    await held
+async def test_a_failing_write_fails_alone(writer: Writer) -> None:
+    me = Customer()
+    first = await writer.run(me.start())
+    duplicate = StartTurn(me.id, None, "again", "demo", "demo", "r", ids=[first.session_id])
+    good = [me.start() for _ in range(4)]
+    futures = await queued(writer, [*good[:3], duplicate, good[3]])  # the same session id: a clash
     with pytest.raises(IntegrityError):
-        await bad
-    assert len({r.session_id for r in await asyncio.gather(*good, more)}) == 4
-    assert await writer.run(count_sessions) == 5
+        await futures[3]
+    done = await asyncio.gather(*futures[:3], futures[4])
+    assert len({r.session_id for r in done}) == 4
+    assert await writer.run(me.sessions) == 5
 
 
-async def test_a_refused_write_leaves_the_batch_alone(writer: SqliteWriter) -> None:
-    mine = await writer.run(start("c1"))
-    gate = Gate()
-    held = await gate.hold(writer)
-    theirs = asyncio.ensure_future(writer.run(start("c2", mine.session_id)))  # another customer's
-    good = asyncio.ensure_future(writer.run(start("c1", mine.session_id)))
-    await asyncio.sleep(0)
-    gate.release.set()
-    await held
+async def test_a_refused_write_leaves_the_batch_alone(writer: Writer) -> None:
+    me, other = Customer(), Customer()
+    mine = await writer.run(me.start())
+    theirs, good = await queued(writer, [other.start(mine.session_id), me.start(mine.session_id)])
     with pytest.raises(ValidationFailed) as refused:
         await theirs
     assert refused.value.code == "session_not_found"
     assert (await good).history  # continued the first turn's session
-    rows = await writer.run(lambda c: c.execute(text("SELECT count(*) FROM chat_messages")).scalar_one())
-    assert rows == 4
+    assert await writer.run(me.messages) == 4
+    assert await writer.run(other.messages) == 0
 
 
-async def test_a_cancelled_caller_still_gets_its_write(writer: SqliteWriter) -> None:
-    gate = Gate()
-    held = await gate.hold(writer)
-    waiting = asyncio.ensure_future(writer.run(start()))
-    await asyncio.sleep(0)
+async def test_a_cancelled_caller_still_gets_its_write(writer: Writer) -> None:
+    me = Customer()
+    (waiting,) = await queued(writer, [me.start()])
     waiting.cancel()
-    gate.release.set()
-    await held
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    assert await writer.run(count_sessions) == 1
+    assert await writer.run(me.sessions) == 1
 
 
-async def test_close_finishes_queued_writes_then_refuses(writer: SqliteWriter) -> None:
-    queued = [asyncio.ensure_future(writer.run(start())) for _ in range(5)]
+async def test_close_finishes_queued_writes_then_refuses(writer: Writer) -> None:
+    me = Customer()
+    await writer.run(me.sessions)
+    pending = [asyncio.ensure_future(writer.run(me.start())) for _ in range(5)]
     await asyncio.sleep(0)
     await writer.close()
-    assert len(await asyncio.gather(*queued)) == 5
+    assert len(await asyncio.gather(*pending)) == 5
     with pytest.raises(DatabaseFailed):
-        await writer.run(start())
+        await writer.run(me.start())
+
+
+async def test_postgres_lanes_keep_a_sessions_writes_in_order(postgres_url: str) -> None:
+    """Four lanes; ten turns queued at once on one session all go to its lane, chained in order."""
+    engine = create_engine(postgres_url)
+    await migrate(engine)
+    writer = TaskWriter(engine, lanes=4)
+    try:
+        me = Customer()
+        first = await writer.run(me.start())
+        seen = begins(writer)
+        nexts = [StartTurn(me.id, first.session_id, f"q{n}", "demo", "demo", "r") for n in range(10)]
+        records = await asyncio.gather(*await queued(writer, list(nexts)))
+        assert len(seen) == 1
+        for n, record in enumerate(records):  # each follows the one before (empty answers are not history)
+            assert [m.content for m in record.history] == ["hello", *(f"q{k}" for k in range(n))]
+    finally:
+        await writer.close()
+        await engine.dispose()
