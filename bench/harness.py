@@ -1,6 +1,7 @@
 """One case at a time: start the server, run the generator in its own process, check what was stored, stop.
 
 The live progress line is drawn here from the generator's progress lines and /proc readings of both pids.
+With ``--profile``, py-spy samples Parley while the generator's measuring window is open.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bench.metrics import (
     postgres_cpu_seconds,
     rss_bytes,
 )
+from bench.profiling import ProfileSetup, Recording, case_slug
 from bench.scenarios import CUSTOMERS, Case, Scenario
 from bench.servers import (
     REPO,
@@ -63,6 +65,7 @@ class RunRecord:
     exit_code: int | None = None
     failure: str | None = None
     skipped: str | None = None
+    profile: dict[str, Any] | None = None  # bench.profiling.summarize's, with `file` or `error`
 
     @property
     def ok(self) -> bool:
@@ -79,6 +82,7 @@ class Context:
     live: Live
     source: ParleySource
     parley_env: dict[str, str] = field(default_factory=dict)
+    profile: ProfileSetup | None = None
     seed: int = 1
     runs: int = 0
 
@@ -160,8 +164,11 @@ def time_limit(load: dict[str, Any]) -> float:
     return spent + connecting + float(load.get("turn_timeout_s", 60)) + GENERATOR_SLACK_S
 
 
-async def run_generator(spec: dict[str, Any], server: Server, ctx: Context) -> tuple[dict[str, Any], int]:
-    """Run ``bench.loadgen`` pinned to the generator's cores; return its result and the server's peak RSS."""
+async def run_generator(
+    spec: dict[str, Any], server: Server, ctx: Context, recording: Recording | None
+) -> tuple[dict[str, Any], int]:
+    """Run ``bench.loadgen`` pinned to the generator's cores; return its result and the server's peak RSS.
+    A ``recording`` starts when the generator's measuring window opens."""
     ctx.runs += 1
     spec_path, out_path = ctx.scratch / f"spec-{ctx.runs}.json", ctx.scratch / f"result-{ctx.runs}.json"
     spec_path.write_text(json.dumps(spec))
@@ -180,7 +187,7 @@ async def run_generator(spec: dict[str, Any], server: Server, ctx: Context) -> t
     tail: deque[str] = deque(maxlen=25)
     try:
         async with asyncio.timeout(time_limit(spec)):
-            await follow(proc, watcher, tail, ctx.live)
+            await follow(proc, watcher, tail, ctx.live, recording)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -191,7 +198,13 @@ async def run_generator(spec: dict[str, Any], server: Server, ctx: Context) -> t
     return result, watcher.peak_rss
 
 
-async def follow(proc: asyncio.subprocess.Process, watcher: Watcher, tail: deque[str], live: Live) -> None:
+async def follow(
+    proc: asyncio.subprocess.Process,
+    watcher: Watcher,
+    tail: deque[str],
+    live: Live,
+    recording: Recording | None,
+) -> None:
     assert proc.stderr is not None
     async for raw in proc.stderr:
         text = raw.decode(errors="replace").rstrip()
@@ -200,8 +213,11 @@ async def follow(proc: asyncio.subprocess.Process, watcher: Watcher, tail: deque
         except ValueError:
             tail.append(text)
             continue
-        if isinstance(line, dict):
-            live.update(line, *watcher.sample(int(line.get("deltas", 0))))
+        if not isinstance(line, dict):
+            continue
+        if recording is not None and "window_s" in line:
+            await recording.start(float(line["window_s"]))
+        live.update(line, *watcher.sample(int(line.get("deltas", 0))))
     await proc.wait()
 
 
@@ -271,6 +287,7 @@ async def run_case(scenario: Scenario, case: Case, kind: str, ctx: Context) -> R
     accounting = Accounting(watch_postgres=database == "postgres")
     pg = await databases.create_database() if database == "postgres" else None
     server: Server | None = None
+    recording: Recording | None = None
     try:
         server = await start_server(kind, scenario, ctx, pg.url if pg else None)
         spec = {
@@ -279,11 +296,17 @@ async def run_case(scenario: Scenario, case: Case, kind: str, ctx: Context) -> R
             "tokens": server.tokens(CUSTOMERS),
             "server_pid": server.pid,
         }
-        record.load, record.peak_rss = await run_generator({**spec, "seed": ctx.seed}, server, ctx)
+        if kind == "parley" and ctx.profile is not None:
+            recording = Recording(ctx.profile, server.pid, case_slug(scenario.name, case.label))
+        record.load, record.peak_rss = await run_generator({**spec, "seed": ctx.seed}, server, ctx, recording)
     except (HarnessError, RuntimeError, OSError) as exc:
         record.failure = str(exc)
     finally:
-        await wind_up(record, server, pg)
+        try:
+            if recording is not None:  # before the server stops: py-spy is still reading it
+                record.profile = await recording.finish()
+        finally:
+            await wind_up(record, server, pg)
     record.wall_s = time.perf_counter() - started
     record.other_cpu_pct, record.interrupt_cpu_pct = accounting.shares()
     return record

@@ -128,7 +128,8 @@ def usage_between(a: Snapshot, b: Snapshot) -> dict[str, float]:
 
 @dataclass
 class Progress:
-    """One JSON line on stderr every half second: phase, open connections, deltas, turns, errors."""
+    """One JSON line on stderr every half second: phase, open connections, deltas, turns, errors; and one
+    as the measuring window opens, with its length (``window_s``)."""
 
     rec: Recorder
     phase: str = "connect"
@@ -136,7 +137,7 @@ class Progress:
     extra: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
-    def emit(self) -> None:
+    def emit(self, **once: Any) -> None:
         line = {
             "phase": self.phase,
             "elapsed": round(time.perf_counter() - self.started, 2),
@@ -145,8 +146,15 @@ class Progress:
             "turns": sum(self.rec.statuses.values()),
             "errors": self.rec.error_total,
             **self.extra,
+            **once,
         }
         print(json.dumps(line), file=sys.stderr, flush=True)
+
+    def open_window(self, phase: str, seconds: float) -> None:
+        """Enter the measuring phase and say so at once (not at the next tick): the harness starts its
+        profiler on this line, with the window's length."""
+        self.phase = phase
+        self.emit(window_s=seconds)
 
     async def run(self) -> None:
         while True:
@@ -209,7 +217,7 @@ async def measure_window(spec: Spec, rec: Recorder, progress: Progress) -> dict[
     await asyncio.sleep(spec.warmup_s)
     before = Snapshot.take(spec)
     rec.window.start = before.at
-    progress.phase = "measure"
+    progress.open_window("measure", spec.measure_s)
     await asyncio.sleep(spec.measure_s)
     after = Snapshot.take(spec)
     rec.window.end = after.at
@@ -278,7 +286,7 @@ async def run_idle(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, A
         clients += await open_many(spec, first, min(step, spec.connections - first), rec, progress)
         await asyncio.sleep(spec.settle_s)
         series.append((sum(c.is_open for c in clients), rss_bytes(spec.server_pid)))
-    progress.phase = "hold"
+    progress.open_window("hold", spec.hold_s)
     before = Snapshot.take(spec)
     await asyncio.sleep(spec.hold_s)
     usage = usage_between(before, Snapshot.take(spec))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import RunRecord
+from bench.profiling import BUCKETS, bucket_group
 from bench.results import (
     GENERATOR_BOUND_PCT,
     NAMES,
@@ -37,6 +38,7 @@ KNEE_DELIVERED = 0.95
 KNEE_GAP_MS = 100.0
 METHOD = Path(__file__).with_name("method.md")
 PROFILE_MARK = "<!-- PROFILE: to be filled in by the profiling part of issue #4 -->"
+MINOR_BUCKET_PCT = 1.0
 
 
 def section_targets(res: Results, meta: dict[str, Any]) -> list[str]:
@@ -649,16 +651,164 @@ def section_charts(charts: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
-def section_profile() -> list[str]:
-    return [
-        "## Profile",
+def section_profile(res: Results, meta: dict[str, Any]) -> list[str]:
+    """py-spy's samples of Parley per profiled case, or the placeholder saying how to get them."""
+    setup = meta.get("profile")
+    if setup is None:
+        return [
+            "## Profile",
+            "",
+            PROFILE_MARK,
+            "",
+            "> Not profiled in this run. Run with `--profile` (needs py-spy, from the `bench` extra) to "
+            "sample the Parley server with py-spy during each case's measuring window and see here where "
+            "its time goes.",
+            "",
+        ]
+    if not setup.get("py_spy"):
+        return [
+            "## Profile",
+            "",
+            f"`--profile` was given, but nothing was sampled: {setup.get('problem')}.",
+            "",
+        ]
+    profiled = [r for r in res.records if r.profile is not None]
+    lines = ["## Profile", "", *profile_intro(res, setup, meta), *profile_overview(profiled)]
+    for record in profiled:
+        lines += profile_case(record)
+    return lines
+
+
+def profile_intro(res: Results, setup: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    missed = [v.target for v in verdicts(res) if v.met is False]
+    cores = ", ".join(str(c) for c in setup.get("cores", []))
+    shared = (
+        " (the generator's: no core was spare, so Parley's figures in this run had a generator with less "
+        "CPU than an unprofiled run's)"
+        if setup.get("cores") == meta.get("generator_cores")
+        else ""
+    )
+    lines = [
+        f"{setup.get('py_spy')} sampled the Parley server {setup.get('rate_hz')} times a second during "
+        "each case's measuring window (`--nonblocking`: the server is never paused; py-spy ran on core "
+        f"{cores}{shared}). A sample is one thread's stack at a tick when it was running or ready to "
+        "run: sleeping threads (waiting on a socket, a lock, a queue) are left out, so the shares are of "
+        "the server's busy time. A thread ready to run may be waiting for the server's one core while "
+        "another thread has it.",
         "",
-        PROFILE_MARK,
-        "",
-        "> **To do (issue #4, profile part):** where Parley's CPU goes per delta and per turn, and what adds "
-        "to the time to first `text` under load. Not measured by this harness yet.",
+        "Time in C code (uvloop's I/O, sqlite3, orjson, pydantic-core) counts for the Python function that "
+        "called it; *event loop (native I/O, callbacks)* is uvloop at work with no Python frame above it "
+        "(socket reads and writes, timers, scheduling: `Runner.run` as the leaf). *On the stack* leaves "
+        "out each thread's entry frames (runpy, uvicorn, `Runner.run`, threading's bootstrap), which are "
+        "on every one of its stacks. The raw stacks are in the files named below (collapsed stacks: "
+        "`flamegraph.pl` or speedscope draw them).",
         "",
     ]
+    if missed:
+        lines += [f"Targets missed in this run: {'; '.join(missed)}. The cases behind them are below.", ""]
+    return lines
+
+
+def profile_overview(records: list[RunRecord]) -> list[str]:
+    """One row per profiled case: the share of samples per bucket, Parley's modules folded into one."""
+    summed = [
+        (f"{r.scenario} · {r.label}", r.profile["samples"], profile_groups(r.profile))
+        for r in records
+        if r.profile and r.profile.get("samples")
+    ]
+    if not summed:
+        return []
+    groups = [b for b in BUCKETS if any(counts.get(b) for _, _, counts in summed)]
+    rows = [
+        [case, f"{n:,}", *(share(counts[b], n) if b in counts else "–" for b in groups)]
+        for case, n, counts in summed
+    ]
+    return [
+        "Where the server's time went (share of samples by the leaf frame's library; Parley's own modules "
+        "together):",
+        "",
+        *table(["case", "samples", *groups], rows),
+    ]
+
+
+def profile_groups(profile: dict[str, Any]) -> dict[str, int]:
+    """Samples per bucket, Parley's modules together."""
+    counts: dict[str, int] = {}
+    for name, samples in profile["buckets"]:
+        counts[bucket_group(name)] = counts.get(bucket_group(name), 0) + samples
+    return counts
+
+
+def profile_case(record: RunRecord) -> list[str]:
+    profile = record.profile or {}
+    title = f"### {record.scenario} · {record.label}"
+    if profile.get("error"):
+        return [title, "", f"No profile: {profile['error']}", ""]
+    total = profile["samples"]
+    head = [
+        f"{total:,} samples in {profile['duration_s']} s (`{profile['file']}`). "
+        f"Threads: {thread_shares(profile)}.",
+        "",
+    ]
+    partial = profile.get("partial", 0)
+    if partial:
+        head += [
+            f"{share(partial, total)} of the samples are partial stacks (py-spy read them as they changed): "
+            "their leaf counts, their entry frames are missing.",
+            "",
+        ]
+    if profile.get("notes"):
+        head += [f"py-spy warned: {'; '.join(profile['notes'])}.", ""]
+    buckets = table(["where (leaf frame's file)", "share"], bucket_rows(profile))
+    return [title, "", *head, *buckets, *top_functions(profile)]
+
+
+def thread_shares(profile: dict[str, Any]) -> str:
+    """Each thread's share, and its deepest entry frame when its name does not say it."""
+    parts = []
+    for name, samples in profile["threads"]:
+        entered = profile.get("entered", {}).get(name, "")
+        under = f" (in `{entered}`)" if entered and not name.endswith(entered) else ""
+        parts.append(f"{name} {share(samples, profile['samples'])}{under}")
+    return ", ".join(parts)
+
+
+def bucket_rows(profile: dict[str, Any]) -> list[list[str]]:
+    """Buckets of at least 1% one per row; the rest summed up in one, named."""
+    total = profile["samples"]
+    rows, minor = [], []
+    for name, samples in profile["buckets"]:
+        if 100 * samples / total >= MINOR_BUCKET_PCT:
+            rows.append([name, share(samples, total)])
+        else:
+            minor.append((name, samples))
+    if minor:
+        names = ", ".join(name for name, _ in minor)
+        rows.append([f"under {MINOR_BUCKET_PCT:.0f}% each: {names}", share(sum(n for _, n in minor), total)])
+    return rows
+
+
+def top_functions(profile: dict[str, Any]) -> list[str]:
+    """Top functions side by side: inclusive (on the stack) and own (the leaf), with their files."""
+    total = profile["samples"]
+    inclusive, own = profile["inclusive"], profile["own"]
+    rows = []
+    for index in range(max(len(inclusive), len(own))):
+        row = [str(index + 1)]
+        for ranking in (inclusive, own):
+            row += function_cells(ranking[index], total) if index < len(ranking) else ["", ""]
+        rows.append(row)
+    head = ["#", "on the stack (inclusive)", "share", "running itself (own)", "share"]
+    return table(head, rows)
+
+
+def function_cells(entry: list[Any], total: int) -> list[str]:
+    module, func, samples = entry
+    return [f"`{func}` {Path(module).name}" if module else f"`{func}`", share(samples, total)]
+
+
+def share(samples: int, total: int) -> str:
+    return f"{100 * samples / total:.1f}%" if total else "–"
 
 
 def render(
@@ -690,7 +840,7 @@ def render(
         *section_slow(res),
         *observations(res),
         *section_charts(charts),
-        *section_profile(),
+        *section_profile(res, meta),
         *section_method(res),
         *section_settings(meta),
         *section_machine(machine, meta),

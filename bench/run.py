@@ -1,9 +1,10 @@
 """The benchmark's one command: every scenario, floor then Parley, a live progress line, then the report.
 
-    .venv/bin/python -m bench.run [--quick] [--scenario NAME ...] [--out bench/results] [--no-charts]
+    .venv/bin/python -m bench.run [--quick] [--scenario NAME ...] [--out DIR] [--no-charts] [--profile]
 
-Writes ``report.md``, ``results.json`` and PNG charts to ``--out``. ``--report-from results.json`` renders
-the report and charts again from a saved run without measuring anything. See ``bench/README.md``.
+Writes ``report.md``, ``results.json`` and PNG charts to ``--out`` (and, with ``--profile``, py-spy's raw
+stacks to ``--out``/profiles). ``--report-from results.json`` renders the report and charts again from a
+saved run without measuring anything. See ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench import databases
 from bench.harness import Context, Live, RunRecord, run_case
 from bench.machine import describe, git_revision
 from bench.metrics import raise_nofile_limit
+from bench.profiling import PROFILE_DIR, RATE_HZ, ProfileSetup, find_py_spy, py_spy_version
 from bench.report import render
 from bench.results import ms, rate, size, us, value
 from bench.scenarios import SCENARIOS, Scenario, plan
@@ -50,6 +52,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the report goes (bench/results)")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts (and matplotlib)")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample Parley with py-spy in each measuring window"
+    )
     parser.add_argument("--server-core", type=int, help="core for the servers (default: the first usable)")
     parser.add_argument("--generator-core", type=int, help="core for the generator (default: the next one)")
     parser.add_argument(
@@ -76,6 +81,28 @@ def choose_cores(args: argparse.Namespace) -> tuple[set[int], set[int]]:
         print("bench: only one usable core: server and generator share it; the figures mean less", flush=True)
         return {server}, {server}
     return {server}, {others[0]}
+
+
+def profiler_cores(usable: set[int], server: set[int], generator: set[int]) -> set[int]:
+    """A core of its own for py-spy if there is one to spare, else the generator's: never the server's."""
+    spare = usable - server - generator
+    return {min(spare)} if spare else generator
+
+
+def profile_setup(out: Path, cores: set[int]) -> tuple[ProfileSetup | None, dict[str, Any]]:
+    """For ``--profile``: where py-spy is and where its raw stacks go (emptied of an earlier run's), and
+    what the report says about it. Without py-spy the run goes on, unprofiled, and the report says why."""
+    py_spy = find_py_spy()
+    if py_spy is None:
+        problem = f"py-spy is not installed beside {sys.executable} nor on PATH (pip install 'py-spy>=0.4')"
+        print(f"bench: --profile: {problem}; measuring without a profile", flush=True)
+        return None, {"py_spy": None, "problem": problem}
+    directory = out / PROFILE_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.txt"):
+        old.unlink()
+    meta = {"py_spy": py_spy_version(py_spy), "rate_hz": RATE_HZ, "cores": sorted(cores)}
+    return ProfileSetup(py_spy, directory, cores), meta
 
 
 def parley_settings(pairs: list[str]) -> dict[str, str]:
@@ -204,6 +231,10 @@ def rerender(args: argparse.Namespace) -> int:
 async def main_async(args: argparse.Namespace, argv: list[str], charts: bool) -> int:
     server_cores, generator_cores = choose_cores(args)
     extra_env = parley_settings(args.parley_env)
+    profile, profile_meta = None, None
+    if args.profile:
+        cores = profiler_cores(os.sched_getaffinity(0), server_cores, generator_cores)
+        profile, profile_meta = profile_setup(args.out, cores)
     pg_version, pg_problem = await postgres_problem()
     scenarios = plan(args.scenario or list(SCENARIOS), args.quick)
     started, clock = datetime.now().astimezone(), time.monotonic()
@@ -214,7 +245,7 @@ async def main_async(args: argparse.Namespace, argv: list[str], charts: bool) ->
             0, generator_cores
         )  # the harness only reads /proc: it shares the generator's core
         live = Live(sum(len(s.cases) * len(s.servers) for s in scenarios))
-        ctx = Context(server_cores, generator_cores, Path(scratch), live, source, extra_env)
+        ctx = Context(server_cores, generator_cores, Path(scratch), live, source, extra_env, profile)
         records = await measure(scenarios, ctx, pg_problem)
     meta = {
         "command": "python -m bench.run " + " ".join(argv),
@@ -227,6 +258,8 @@ async def main_async(args: argparse.Namespace, argv: list[str], charts: bool) ->
         "parley_env": extra_env,
         "scenarios": describe_plan(scenarios),
     }
+    if profile_meta is not None:
+        meta["profile"] = profile_meta
     report = write_outputs(args.out, records, machine, meta, charts)
     failed = [r for r in records if r.failure]
     print(f"bench: report written to {report}" + (f" ({len(failed)} runs failed)" if failed else ""))
