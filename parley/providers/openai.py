@@ -4,20 +4,50 @@ Options (``user_settings.text.options``): ``reasoning_effort`` (string), ``top_p
 ``stop`` (string or list of strings), ``presence_penalty`` and ``frequency_penalty`` (-2–2). Others are
 ignored. Reasoning arrives as ``delta.reasoning_content`` (DeepSeek, vLLM, llama.cpp) or ``delta.reasoning``
 (OpenRouter, Ollama): fields the SDK does not declare, so they are read from the delta's extras.
+
+Tools go out as ``tools`` (function tools); calls stream as ``delta.tool_calls`` pieces keyed by ``index``,
+the id and name on a call's first piece only, the arguments as JSON text in chunks. History sends a step's
+calls as the assistant message's ``tool_calls`` and each result as a ``role: tool`` message.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
-from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai import AsyncOpenAI, Omit, omit
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCallParam,
+    ChatCompletionMessageParam,
+    ChatCompletionToolChoiceOptionParam,
+    ChatCompletionToolMessageParam,
+    ChatCompletionToolUnionParam,
+)
+from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaToolCall
 
 from parley.errors import ProviderFailed, ValidationFailed
-from parley.providers.base import Provider, ProviderEvent, ProviderRequest, ReasoningDelta, TextDelta, Usage
+from parley.providers.base import (
+    ChatMessage,
+    Provider,
+    ProviderEvent,
+    ProviderRequest,
+    ReasoningDelta,
+    StepEnd,
+    StopReason,
+    TextDelta,
+    ToolCallReady,
+    ToolCallStarted,
+    Usage,
+    arguments_json,
+    decode_arguments,
+    stop_reason,
+)
 from parley.providers.errors import DISPLAY_NAMES, provider_errors
+from parley.tools.base import ToolCall
 
 NO_KEY = "not-needed"  # the SDK insists on a key; keyless local servers ignore it
 REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")  # max_completion_tokens, not max_tokens; no temperature
@@ -55,18 +85,59 @@ OPTIONS: dict[str, tuple[Callable[[object], bool], str]] = {
 
 
 def _messages(request: ProviderRequest) -> list[ChatCompletionMessageParam]:
-    """The conversation in order; empty messages dropped (some servers refuse them)."""
+    """The conversation in order; empty messages dropped (some servers refuse them), tool exchanges kept."""
     messages: list[ChatCompletionMessageParam] = []
     for m in request.messages:
-        if not m.content:
+        if m.role == "tool":
+            messages.append(_tool_message(m))
+        elif m.role == "assistant" and m.tool_calls:
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": m.content or None,  # the API's own shape for a step with only calls
+                    "tool_calls": [_call_param(call) for call in m.tool_calls],
+                }
+            )
+        elif not m.content:
             continue
-        if m.role == "system":
+        elif m.role == "system":
             messages.append({"role": "system", "content": m.content})
         elif m.role == "assistant":
             messages.append({"role": "assistant", "content": m.content})
         else:
             messages.append({"role": "user", "content": m.content})
     return messages
+
+
+def _call_param(call: ToolCall) -> ChatCompletionMessageFunctionToolCallParam:
+    return {
+        "id": call.call_id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": arguments_json(call)},
+    }
+
+
+def _tool_message(message: ChatMessage) -> ChatCompletionToolMessageParam:
+    """A call's result. The API has no error flag, so a failure says so in its text; never empty."""
+    output = message.content or "(no output)"
+    return {
+        "role": "tool",
+        "tool_call_id": message.tool_call_id or "",
+        "content": f"Error: {output}" if message.is_error else output,
+    }
+
+
+def _tools(request: ProviderRequest) -> list[ChatCompletionToolUnionParam] | Omit:
+    return [cast(ChatCompletionFunctionToolParam, spec.to_openai()) for spec in request.tools] or omit
+
+
+def _tool_choice(request: ProviderRequest) -> ChatCompletionToolChoiceOptionParam | Omit:
+    choice = request.tool_choice
+    if not request.tools or choice is None:
+        return omit
+    if choice in ("auto", "required", "none"):
+        return cast(ChatCompletionToolChoiceOptionParam, choice)
+    return {"type": "function", "function": {"name": choice}}
 
 
 def _body(request: ProviderRequest) -> dict[str, object]:
@@ -92,23 +163,90 @@ def _reasoning(delta: ChoiceDelta) -> str | None:
     return None
 
 
-def _events(chunk: ChatCompletionChunk) -> list[ProviderEvent]:
-    """The Parley events in one chunk: the first choice's deltas, then usage (sent with no choices)."""
-    events: list[ProviderEvent] = []
-    for choice in (chunk.choices or [])[:1]:
-        if reasoning := _reasoning(choice.delta):
-            events.append(ReasoningDelta(reasoning))
-        if text := choice.delta.content or choice.delta.refusal:
-            events.append(TextDelta(text))
-    if chunk.usage is not None:
-        events.append(Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
-    return events
+FINISH_REASONS: dict[str, StopReason] = {
+    "stop": "end",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "length": "max_tokens",
+}
+
+
+@dataclass
+class _PartialCall:
+    """A tool call being streamed: the id and name come with its first piece, the arguments in chunks."""
+
+    call_id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+    started: bool = False
+
+    def call(self) -> ToolCall:
+        return ToolCall(self.call_id, self.name, decode_arguments("".join(self.arguments)))
+
+
+@dataclass
+class _Step:
+    """One streamed answer: the events of each chunk, and what ``StepEnd`` needs once it is over.
+
+    Tool-call pieces are keyed by their ``index``: parallel calls may interleave, and only a call's first
+    piece has its id and name. Calls are ready only at ``finish_reason``, when no piece can follow.
+    """
+
+    tools: bool  # the request offered tools: else tool pieces are ignored and no StepEnd is sent
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, _PartialCall] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+    def events(self, chunk: ChatCompletionChunk) -> list[ProviderEvent]:
+        """The Parley events in one chunk: the first choice's deltas, then usage (sent with no choices)."""
+        events: list[ProviderEvent] = []
+        for choice in (chunk.choices or [])[:1]:
+            if reasoning := _reasoning(choice.delta):
+                events.append(ReasoningDelta(reasoning))
+            if text := choice.delta.content or choice.delta.refusal:
+                events.append(TextDelta(text))
+            if self.tools:  # a step's text and calls are kept only for its StepEnd
+                if text:
+                    self.text.append(text)
+                events += self._tool_pieces(choice.delta.tool_calls or [])
+            if choice.finish_reason and self.finish_reason is None:
+                self.finish_reason = choice.finish_reason
+                events += [ToolCallReady(call) for call in self.ready()]
+        if chunk.usage is not None:
+            events.append(Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
+        return events
+
+    def _tool_pieces(self, pieces: list[ChoiceDeltaToolCall]) -> list[ProviderEvent]:
+        events: list[ProviderEvent] = []
+        for position, piece in enumerate(pieces):
+            index = getattr(piece, "index", None)  # required by the API, yet some servers leave it out
+            partial = self.calls.setdefault(index if isinstance(index, int) else position, _PartialCall())
+            partial.call_id = partial.call_id or piece.id or ""
+            if piece.function is not None:
+                partial.name = partial.name or piece.function.name or ""
+                if piece.function.arguments:
+                    partial.arguments.append(piece.function.arguments)
+            if partial.name and not partial.started:
+                partial.started = True
+                partial.call_id = partial.call_id or f"call_{uuid.uuid4().hex[:24]}"  # servers that send none
+                events.append(ToolCallStarted(partial.call_id, partial.name))
+        return events
+
+    def ready(self) -> list[ToolCall]:
+        """The complete calls in index order; a piece that never named its tool is not a call."""
+        return [partial.call() for _, partial in sorted(self.calls.items()) if partial.started]
+
+    def end(self) -> StepEnd:
+        calls = tuple(self.ready())
+        raw = self.finish_reason
+        reason = stop_reason(FINISH_REASONS.get(raw or "", "other"), calls)
+        return StepEnd(reason, ChatMessage("assistant", "".join(self.text), tool_calls=calls), raw)
 
 
 class OpenAIProvider(Provider):
     """Chat Completions, streamed. SDK retries are off: Parley retries before the first token itself."""
 
-    supports_tools = False
+    supports_tools = True
     needs_key = True
 
     def __init__(
@@ -140,22 +278,25 @@ class OpenAIProvider(Provider):
                 raise ValidationFailed(f"options.{key} must be {expected}.")
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        finished = False
+        step = _Step(tools=bool(request.tools))
         with provider_errors(self.name):
             # The context manager closes the HTTP response at once, also on aclose() or cancellation.
             async with await self._client.chat.completions.create(
                 model=request.model,
                 messages=_messages(request),
+                tools=_tools(request),
+                tool_choice=_tool_choice(request),
                 stream=True,
                 stream_options={"include_usage": True},
                 extra_body=_body(request) or None,
             ) as chunks:
                 async for chunk in chunks:
-                    for event in _events(chunk):
+                    for event in step.events(chunk):
                         yield event
-                    finished = finished or any(choice.finish_reason for choice in chunk.choices or [])
-        if not finished:
+        if step.finish_reason is None:
             name = DISPLAY_NAMES.get(self.name, self.name)
             raise ProviderFailed(
                 f"{name}'s stream ended early, before the answer was complete.", retryable=True
             )
+        if step.tools:
+            yield step.end()

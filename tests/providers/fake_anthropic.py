@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.providers.fake_vendor import EventStream, FakeVendor
+from tests.providers.fake_vendor import EventStream, FakeToolCall, FakeVendor
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class Reply:
     message: str = ""
     text_chunks: tuple[str, ...] = ("Hello", " from", " the fake.")
     thinking_chunks: tuple[str, ...] = ()
+    redacted_thinking: str = ""  # when set, a redacted_thinking block with this data, after the thinking
+    tool_calls: tuple[FakeToolCall, ...] = ()  # tool_use blocks after the text (none: no text block)
+    stop_reason: str | None = None  # message_delta's; default "tool_use" with tool calls, else "end_turn"
     delay_s: float = 0.0  # before each content delta
     usage: tuple[int, int] = (10, 5)  # (input tokens, final output tokens)
     cache_read_tokens: int = 0  # message_start's usage.cache_read_input_tokens, when not 0
@@ -45,6 +48,33 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 
 def _delta(index: int, delta: dict[str, str]) -> bytes:
     return sse("content_block_delta", {"index": index, "delta": delta})
+
+
+SIGNATURE = "c2lnbmF0dXJl"  # the signature_delta every scripted thinking block ends with
+
+# A content block as streamed: its content_block_start body, then its deltas, each marked counted (a
+# scripted chunk, which `cut_after`, `error_after` and `delay_s` apply to) or not (the wire's extras).
+Block = tuple[dict[str, Any], list[tuple[dict[str, str], bool]]]
+
+
+def _blocks(reply: Reply) -> list[Block]:
+    """The reply's content blocks in Anthropic's order: thinking, redacted thinking, text, tool uses."""
+    blocks: list[Block] = []
+    if reply.thinking_chunks:
+        deltas = [({"type": "thinking_delta", "thinking": c}, True) for c in reply.thinking_chunks]
+        deltas.append(({"type": "signature_delta", "signature": SIGNATURE}, False))
+        blocks.append(({"type": "thinking", "thinking": "", "signature": ""}, deltas))
+    if reply.redacted_thinking:
+        blocks.append(({"type": "redacted_thinking", "data": reply.redacted_thinking}, []))
+    if reply.text_chunks or not reply.tool_calls:
+        deltas = [({"type": "text_delta", "text": c}, True) for c in reply.text_chunks]
+        blocks.append(({"type": "text", "text": ""}, deltas))
+    for call in reply.tool_calls:
+        start = {"type": "tool_use", "id": call.call_id, "name": call.name, "input": {}}
+        deltas = [({"type": "input_json_delta", "partial_json": ""}, False)]  # the API opens with one
+        deltas += [({"type": "input_json_delta", "partial_json": c}, True) for c in call.argument_chunks]
+        blocks.append((start, deltas))
+    return blocks
 
 
 def _frames(reply: Reply, model: str) -> list[tuple[float, bytes]]:
@@ -65,30 +95,25 @@ def _frames(reply: Reply, model: str) -> list[tuple[float, bytes]]:
     }
     frames: list[tuple[float, bytes]] = [(0.0, sse("message_start", {"message": message}))]
     error = sse("error", {"error": {"type": reply.stream_error_type, "message": reply.stream_error_message}})
-    blocks = [("text", reply.text_chunks)]
-    if reply.thinking_chunks:
-        blocks.insert(0, ("thinking", reply.thinking_chunks))
     sent = 0
-    for index, (kind, chunks) in enumerate(blocks):
-        empty = {"type": kind, kind: ""} | ({"signature": ""} if kind == "thinking" else {})
-        frames.append((0.0, sse("content_block_start", {"index": index, "content_block": empty})))
+    for index, (start, deltas) in enumerate(_blocks(reply)):
+        frames.append((0.0, sse("content_block_start", {"index": index, "content_block": start})))
         if index == 0:
             frames.append((0.0, sse("ping", {})))
-        for chunk in chunks:
-            if reply.error_after is not None and sent >= reply.error_after:
+        for delta, counted in deltas:
+            if counted and reply.error_after is not None and sent >= reply.error_after:
                 return [*frames, (0.0, error)]
-            if reply.cut_after is not None and sent >= reply.cut_after:
+            if counted and reply.cut_after is not None and sent >= reply.cut_after:
                 return frames
-            frames.append((reply.delay_s, _delta(index, {"type": f"{kind}_delta", kind: chunk})))
-            sent += 1
-        if kind == "thinking":
-            frames.append((0.0, _delta(index, {"type": "signature_delta", "signature": "c2lnbmF0dXJl"})))
+            frames.append((reply.delay_s if counted else 0.0, _delta(index, delta)))
+            sent += counted
         frames.append((0.0, sse("content_block_stop", {"index": index})))
     if reply.error_after is not None:  # asked to fail after more deltas than there are: fail at the end
         return [*frames, (0.0, error)]
     if reply.cut_after is not None:
         return frames
-    stop = {"stop_reason": "end_turn", "stop_sequence": None}
+    stop_reason = reply.stop_reason or ("tool_use" if reply.tool_calls else "end_turn")
+    stop = {"stop_reason": stop_reason, "stop_sequence": None}
     frames.append((0.0, sse("message_delta", {"delta": stop, "usage": {"output_tokens": output_tokens}})))
     frames.append((0.0, sse("message_stop", {})))
     return frames
@@ -111,12 +136,18 @@ class FakeAnthropic(FakeVendor[Reply]):
         delay_s: float = 0.0,
         usage: tuple[int, int] = (10, 5),
         cache_read_tokens: int = 0,
+        tool_calls: Sequence[FakeToolCall] = (),
+        redacted_thinking: str = "",
+        stop_reason: str | None = None,
     ) -> None:
-        """A complete streamed answer."""
+        """A complete streamed answer: thinking, text, then tool_use blocks with their input in pieces."""
         self.reply(
             Reply(
                 text_chunks=tuple(text_chunks),
                 thinking_chunks=tuple(thinking_chunks),
+                redacted_thinking=redacted_thinking,
+                tool_calls=tuple(tool_calls),
+                stop_reason=stop_reason,
                 delay_s=delay_s,
                 usage=usage,
                 cache_read_tokens=cache_read_tokens,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from itertools import zip_longest
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.providers.fake_vendor import EventStream, FakeVendor
+from tests.providers.fake_vendor import EventStream, FakeToolCall, FakeVendor
 
 CHUNK_ID = "chatcmpl-fake0001"
 CREATED = 1_700_000_000
@@ -45,6 +46,8 @@ class Reply:
     reasoning_chunks: tuple[str, ...] = ()
     reasoning_field: str = "reasoning_content"  # or "reasoning" (OpenRouter, Ollama)
     refusal_chunks: tuple[str, ...] = ()
+    tool_calls: tuple[FakeToolCall, ...] = ()  # streamed after the text, as `delta.tool_calls` pieces
+    interleave: bool = False  # the calls' pieces alternate by index, as parallel calls may
     delay_s: float = 0.0  # before each content delta
     usage: tuple[int, int] = (10, 5)  # (prompt tokens, completion tokens)
     finish_reason: str = "stop"
@@ -85,12 +88,35 @@ def _usage_chunk(model: str, usage: tuple[int, int]) -> dict[str, Any]:
     }
 
 
+def _tool_deltas(calls: Sequence[FakeToolCall], interleave: bool) -> list[dict[str, Any]]:
+    """Each call as OpenAI streams it: a first piece with id, type, name and empty arguments, then one
+    piece per argument chunk with only ``index`` and ``function.arguments``."""
+    per_call = [
+        [
+            {
+                "index": i,
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+        ]
+        + [{"index": i, "function": {"arguments": piece}} for piece in call.argument_chunks]
+        for i, call in enumerate(calls)
+    ]
+    if interleave:
+        pieces = [p for row in zip_longest(*per_call) for p in row if p is not None]
+    else:
+        pieces = [p for row in per_call for p in row]
+    return [{"tool_calls": [piece]} for piece in pieces]
+
+
 def _frames(reply: Reply, model: str, include_usage: bool) -> list[tuple[float, bytes]]:
     """(delay before, bytes) for the whole stream, stopping at a scripted cut or error."""
     frames = [(0.0, sse(chunk(model, {"role": "assistant", "content": ""})))]
     deltas = [{reply.reasoning_field: text} for text in reply.reasoning_chunks]
     deltas += [{"content": text} for text in reply.text_chunks]
     deltas += [{"refusal": text} for text in reply.refusal_chunks]
+    deltas += _tool_deltas(reply.tool_calls, reply.interleave)
     for sent, delta in enumerate(deltas):
         if reply.cut_after is not None and sent >= reply.cut_after:
             return frames
@@ -125,19 +151,24 @@ class FakeOpenAI(FakeVendor[Reply]):
         reasoning_field: str = "reasoning_content",
         delay_s: float = 0.0,
         usage: tuple[int, int] = (10, 5),
-        finish_reason: str = "stop",
+        finish_reason: str | None = None,
         refusal_chunks: Sequence[str] = (),
+        tool_calls: Sequence[FakeToolCall] = (),
+        interleave: bool = False,
     ) -> None:
-        """A complete streamed answer: reasoning deltas, then text deltas, finish_reason, usage, [DONE]."""
+        """A complete streamed answer: reasoning deltas, text deltas, tool-call pieces, finish_reason
+        (default "tool_calls" with calls, else "stop"), usage, [DONE]."""
         self.reply(
             Reply(
                 text_chunks=tuple(text_chunks),
                 reasoning_chunks=tuple(reasoning_chunks),
                 reasoning_field=reasoning_field,
                 refusal_chunks=tuple(refusal_chunks),
+                tool_calls=tuple(tool_calls),
+                interleave=interleave,
                 delay_s=delay_s,
                 usage=usage,
-                finish_reason=finish_reason,
+                finish_reason=finish_reason or ("tool_calls" if tool_calls else "stop"),
             )
         )
 

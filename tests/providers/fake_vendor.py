@@ -7,6 +7,7 @@ to record the request and get the next scripted reply, and answer a stream with 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -18,6 +19,19 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 ReplyT = TypeVar("ReplyT")
+
+
+@dataclass(frozen=True)
+class FakeToolCall:
+    """A tool call a fake streams: its id, its name, and its arguments' JSON text in the pieces sent."""
+
+    call_id: str
+    name: str
+    argument_chunks: tuple[str, ...] = ()
+
+    @property
+    def arguments(self) -> str:
+        return "".join(self.argument_chunks)
 
 
 class EventStream(Response):

@@ -417,7 +417,7 @@ async def test_invalid_options_are_not_sent(fake: FakeOpenAI, provider: OpenAIPr
 
 
 async def test_capabilities_and_name(offline: OpenAIProvider) -> None:
-    assert (offline.supports_tools, offline.needs_key, offline.can_stream) == (False, True, True)
+    assert (offline.supports_tools, offline.needs_key, offline.can_stream) == (True, True, True)
     assert offline.name == "openai"
     named = OpenAIProvider("groq", api_key=KEY, base_url=f"http://127.0.0.1:{closed_port()}/v1")
     assert named.name == "groq"
