@@ -4,7 +4,6 @@ and the checkpoints that save it about once a second — never per token."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -84,32 +83,41 @@ class TextSender:
 
 
 class Checkpointer:
-    """Writes the answer so far about once per interval while it streams; never per token."""
+    """Writes the answer so far about once per interval while it streams; never per token.
+
+    A timer, not a task: a short turn ends before the first tick and costs nothing but the timer.
+    """
 
     def __init__(self, store: Store, message_id: uuid.UUID, answer: Answer, interval_s: float) -> None:
         self._store = store
         self._message_id = message_id
         self._answer = answer
         self._interval = interval_s
-        self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
+        self._written = 0
+        self._write: asyncio.Task[None] | None = None  # owned: ``stop`` awaits it
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            interval_s, self._tick
+        )
 
     async def stop(self) -> None:
         """Let a write in flight finish (never cancel mid-write), then end."""
-        self._stopping.set()
-        await self._task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._write is not None:
+            await self._write
 
-    async def _run(self) -> None:
-        written = 0
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
-            if self._stopping.is_set() or self._answer.version == written:
-                continue
-            written = self._answer.version
-            try:
-                await self._store.checkpoint(
-                    self._message_id, self._answer.content, self._answer.reasoning_text
-                )
-            except DatabaseFailed:
-                log.warning("checkpoint of message %s failed; the final write will retry", self._message_id)
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._interval, self._tick)
+        if self._write is None and self._answer.version != self._written:
+            self._written = self._answer.version
+            self._write = loop.create_task(self._save(self._answer.content, self._answer.reasoning_text))
+
+    async def _save(self, content: str, reasoning: str | None) -> None:
+        try:
+            await self._store.checkpoint(self._message_id, content, reasoning)
+        except DatabaseFailed:
+            log.warning("checkpoint of message %s failed; the final write will retry", self._message_id)
+        finally:
+            self._write = None

@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from parley.api.models import router as models_router
     from parley.api.search import router as search_router
     from parley.api.sessions import router as sessions_router
-    from parley.api.websocket import router as websocket_router
+    from parley.api.websocket import route as websocket_route
 
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
     errors.install(app)
@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # export before sessions: /sessions/import is not a session id. Any /api/v1 route may answer 401, 503.
     for router in (export_router, sessions_router, search_router, models_router):
         app.include_router(router, prefix="/api/v1", responses=errors.error_responses(401, 503))
-    app.include_router(websocket_router)
+    app.router.routes.append(websocket_route)
     return app
 
 

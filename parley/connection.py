@@ -9,12 +9,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from parley.auth import Identity
@@ -40,96 +39,137 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 HIGH_WATER_BYTES = 256 * 1024
 CLOSE_FLUSH_TIMEOUT_S = 2.0
+IDLE_CHECK_MAX_S = 5.0
+
+
+def idle_check_interval(idle_timeout_s: float) -> float:
+    """How often the idle sweep looks: a quarter of the timeout, at most every 5 s (so an idle client is
+    closed within 1–1.25 timeouts, or the timeout plus 5 s)."""
+    return min(idle_timeout_s / 4, IDLE_CHECK_MAX_S)
 
 
 class Outbox:
-    """Encoded events waiting for the socket, drained by one writer task.
+    """Encoded events waiting for the socket, drained by a writer task that runs only while there is
+    something to send: an idle connection holds no task and no event objects, only this queue.
 
     Above the high-water mark a turn waits (``congested``); a client that stays stalled past the timeout,
-    or lets the buffer pass its limit, is disconnected. Its turn carries on: a disconnect is a detach.
+    or lets the buffer pass its limit, is dropped (``on_detach``). Its turn carries on: a disconnect is a
+    detach, and what the turn sends after it is dropped before it is queued.
     """
 
-    def __init__(self, websocket: WebSocket, limit_bytes: int, stall_timeout_s: float) -> None:
-        self._ws = websocket
+    __slots__ = (
+        "_drained",
+        "_high",
+        "_limit",
+        "_on_detach",
+        "_queue",
+        "_send",
+        "_size",
+        "_stall_timeout",
+        "_writer",
+        "congested",
+        "detached",
+    )
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        limit_bytes: int,
+        stall_timeout_s: float,
+        on_detach: Callable[[], object] | None = None,
+    ) -> None:
+        self._send = websocket.send
         self._limit = limit_bytes
         self._high = min(HIGH_WATER_BYTES, limit_bytes // 2)
         self._stall_timeout = stall_timeout_s
-        self._queue: deque[str] = deque()
+        self._on_detach = on_detach
+        self._queue: list[str] = []
         self._size = 0
-        self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None  # made by a turn that waits for the client
         self.congested = False
         self.detached = False
-        self._detached = asyncio.Event()
-        self._writer = asyncio.create_task(self._write_loop(), name="parley-outbox")
 
     def push(self, data: str) -> None:
         if self.detached:
             return
         self._queue.append(data)
         self._size += len(data)
-        self._idle.clear()
-        if self._size > self._high and not self.congested:
+        if self._size > self._high:
             self.congested = True
-            self._drained.clear()
-        if self._size > self._limit:
-            self.detach("client too slow: send buffer full")
-        self._wakeup.set()
+            if self._size > self._limit:
+                self.detach("client too slow: send buffer full")
+                return
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="parley-outbox")
 
     async def wait_ready(self) -> None:
         """Wait for the client to catch up; give up on it after the stall timeout."""
+        if not self.congested:
+            return
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._drained.wait(), self._stall_timeout)
+            async with asyncio.timeout(self._stall_timeout):
+                await asyncio.shield(self._drained)
         except TimeoutError:
             self.detach("client too slow: stalled")
 
-    def detach(self, why: str) -> None:
-        """Stop sending: drop what is queued and release any waiting turn; the reader closes the socket."""
+    def detach(self, why: str, abort: bool = True) -> None:
+        """Stop sending: drop what is queued, release a waiting turn, and (``abort``) drop the client."""
         if self.detached:
             return
         self.detached = True
-        self._detached.set()
         if why:
             log.info("detaching connection: %s", why)
         self._queue.clear()
         self._size = 0
-        self.congested = False
-        self._drained.set()
-        self._idle.set()
-        self._writer.cancel()  # safe: it is either idle or waiting for the socket to take a frame
-
-    async def wait_detached(self) -> None:
-        await self._detached.wait()
+        self._release()
+        if self._writer is not None:
+            self._writer.cancel()  # safe: it is either between frames or waiting for the socket
+        if abort and self._on_detach is not None:
+            self._on_detach()
 
     async def flush(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        """Wait (at most ``timeout_s``) until everything queued has been handed to the socket."""
+        if self._writer is not None:
+            await asyncio.wait({self._writer}, timeout=timeout_s)
 
     async def close(self) -> None:
-        self.detach("")
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        writer = self._writer
+        self.detach("", abort=False)
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    def _release(self) -> None:
+        self.congested = False
+        if self._drained is not None:
+            if not self._drained.done():
+                self._drained.set_result(None)
+            self._drained = None
 
     async def _write_loop(self) -> None:
-        send = self._ws.send
+        send = self._send
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                while self._queue:
-                    data = self._queue.popleft()
-                    self._size -= len(data)
+            while self._queue:
+                batch, self._queue = self._queue, []
+                for data in batch:
                     await send({"type": "websocket.send", "text": data})
+                    self._size -= len(data)
                     if self.congested and self._size <= self._high // 2:
-                        self.congested = False
-                        self._drained.set()
-                self._idle.set()
+                        self._release()
+                # An unpaced turn pushes its next event within a loop cycle or two: stay for it rather
+                # than start a new task per event.
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # the socket went away under us: a detach, not an error
             log.debug("send failed: %r", exc)
             self.detach("send failed")
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
 
 
 def abort_transport(websocket: WebSocket) -> bool:
@@ -150,6 +190,22 @@ def abort_transport(websocket: WebSocket) -> bool:
 class Connection:
     """One client socket: its reader loop, its queue of turns, and the worker that runs them in order."""
 
+    __slots__ = (
+        "_last_active",
+        "_reader",
+        "_worker",
+        "closing",
+        "current",
+        "dialect",
+        "id",
+        "identity",
+        "outbox",
+        "services",
+        "supervisor",
+        "waiting",
+        "ws",
+    )
+
     def __init__(
         self,
         websocket: WebSocket,
@@ -165,61 +221,61 @@ class Connection:
         self.dialect = dialect
         self.id = uuid.uuid4().hex
         settings = services.settings
-        self.outbox = Outbox(websocket, settings.send_buffer_bytes, settings.send_stall_timeout_s)
-        self.waiting: deque[Turn] = deque()
+        self.outbox = Outbox(websocket, settings.send_buffer_bytes, settings.send_stall_timeout_s, self._drop)
+        self.waiting: list[Turn] = []
         self.current: Turn | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[Any] | None = None
         self._last_active = asyncio.get_running_loop().time()
+        self.closing = False
 
     async def serve(self) -> None:
         """Run until the client leaves, asks to close, idles out or is too slow. Turns outlive this."""
         self.send(ready_frame(self.dialect, self.id))
         self.supervisor.outboxes.add(self.outbox)
+        self.supervisor.watch_idle(self, idle_check_interval(self.services.settings.idle_timeout_s))
+        self._reader = asyncio.current_task()
         try:
-            await self._read_loop()
+            while not self.closing:
+                message = await self.ws.receive()
+                self._last_active = asyncio.get_running_loop().time()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if self.closing:
+                    continue  # closing: the client's close answer (a disconnect) is all we wait for
+                if message.get("text") is None:
+                    self.send(frame_error("invalid_json", "Frames must be JSON text, not binary."))
+                elif not await self._on_text(message["text"]):
+                    return
+        except asyncio.CancelledError:
+            if self.outbox.detached and self._reader is not None and self._reader.uncancel() == 0:
+                return  # ``_drop`` stopped the reader: the client is gone
+            raise
         finally:
+            self._reader = None
+            self.supervisor.idlers.discard(self)
             self.supervisor.outboxes.discard(self.outbox)
             await self.outbox.close()
 
     def send(self, frame: dict[str, Any]) -> None:
         self.outbox.push(encode(frame))
 
-    async def _read_loop(self) -> None:
-        gone = asyncio.create_task(self.outbox.wait_detached())
-        receive: asyncio.Task[Message] | None = None
-        try:
-            while True:
-                receive = receive or asyncio.create_task(self.ws.receive())
-                done, _ = await asyncio.wait(
-                    {receive, gone}, timeout=self._idle_left(), return_when="FIRST_COMPLETED"
-                )
-                if gone in done:
-                    abort_transport(self.ws)  # too slow: drop it now, with what it never read
-                    return
-                if receive not in done:
-                    if self._idle_left() <= 0:
-                        await self._close(CLOSE_GOING_AWAY, "timeout")
-                        return
-                    continue
-                message, receive = receive.result(), None
-                self._last_active = asyncio.get_running_loop().time()
-                if message["type"] == "websocket.disconnect":
-                    return
-                if message.get("text") is None:
-                    self.send(frame_error("invalid_json", "Frames must be JSON text, not binary."))
-                elif not await self._on_text(message["text"]):
-                    return
-        finally:
-            gone.cancel()
-            if receive is not None:
-                receive.cancel()
+    def idle_expired(self, now: float) -> bool:
+        """Idle: no frames from the client and no turn running or waiting, for the whole timeout."""
+        if self.current is not None or self.waiting or self.closing:
+            return False
+        return now - self._last_active >= self.services.settings.idle_timeout_s
 
-    def _idle_left(self) -> float:
-        """Seconds until the connection counts as idle: no frames and no turn for the whole timeout."""
-        timeout = self.services.settings.idle_timeout_s
-        if self.current is not None or self.waiting:
-            return timeout
-        return timeout - (asyncio.get_running_loop().time() - self._last_active)
+    def expire(self) -> None:
+        """Close an idle connection (from the idle sweep): ``closing``, then 1001."""
+        self.closing = True
+        self.supervisor.spawn(self._close(CLOSE_GOING_AWAY, "timeout"), name=f"parley-idle-{self.id}")
+
+    def _drop(self) -> None:
+        """The outbox gave up on a too-slow client: drop the connection now, with what it never read
+        (the reader then sees the disconnect); where the server allows no abort, stop the reader."""
+        if not abort_transport(self.ws) and self._reader is not None:
+            self._reader.cancel()
 
     async def _on_text(self, text: str) -> bool:
         """Handle one text frame; False when the connection should end."""
@@ -243,6 +299,7 @@ class Connection:
             )
             self.send({**error, "request_id": rid} if isinstance(rid, str) else error)
         elif kind == ControlType.CLOSE_SESSION:
+            self.closing = True
             await self._close(CLOSE_NORMAL, "client_request")
             return False
         else:
@@ -282,7 +339,7 @@ class Connection:
     async def _work(self) -> None:
         """Run waiting turns in order. Owned by the supervisor, so turns finish after a disconnect."""
         while self.waiting:
-            turn = self.current = self.waiting.popleft()
+            turn = self.current = self.waiting.pop(0)
             if not self.supervisor.accepting:
                 turn.refuse(ShuttingDown("The server is shutting down; send this again to another server."))
                 continue

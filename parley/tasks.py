@@ -18,6 +18,12 @@ class Flushable(Protocol):
     async def flush(self, timeout_s: float) -> None: ...
 
 
+class Idler(Protocol):
+    def idle_expired(self, now: float) -> bool: ...
+
+    def expire(self) -> None: ...
+
+
 class Supervisor:
     """Spawns, tracks and, at shutdown, drains then cancels the app's background work."""
 
@@ -26,6 +32,24 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.running: set[Cancellable] = set()  # turns in progress, for shutdown to stop
         self.outboxes: set[Flushable] = set()  # open connections' send queues, flushed before closing
+        self.idlers: set[Idler] = set()  # open connections, for the idle sweep
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def watch_idle(self, idler: Idler, every_s: float) -> None:
+        """Check ``idler`` every ``every_s`` and expire it once idle: one timer for every connection
+        instead of one per connection (and per frame)."""
+        self.idlers.add(idler)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep(every_s), name="parley-idle-sweep")
+
+    async def _sweep(self, every_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        while self.idlers:  # ends with the last connection; the next one starts it again
+            await asyncio.sleep(every_s)
+            now = loop.time()
+            for idler in [i for i in self.idlers if i.idle_expired(now)]:
+                self.idlers.discard(idler)
+                idler.expire()
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -60,6 +84,8 @@ class Supervisor:
             log.warning("cancelling %d turn(s); their partial answers are kept", len(self.running))
             for turn in list(self.running):
                 turn.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=10)
             for task in pending:

@@ -31,6 +31,7 @@ from parley.providers.base import (
     ProviderRequest,
     ReasoningDelta,
     TextDelta,
+    Usage,
     stream_with_retries,
 )
 from parley.providers.registry import ModelRegistry, Resolved
@@ -251,8 +252,9 @@ class Turn:
                         answer.reasoning.append(item.text)
                         answer.version += 1
                         events.reasoning(item.text)
-                else:
+                elif isinstance(item, Usage):
                     answer.add_usage(item)
+                # Tool-call events come only when a request offers tools; turns do not yet (issue 6).
                 if out.congested:
                     await out.wait_ready()
         except ParleyError:
