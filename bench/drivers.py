@@ -3,6 +3,12 @@
 A ``StreamDriver`` sends a chat request, reads the turn's events as they arrive (synchronously, from the
 socket's ``data_received``), records timings, and sends the next request as soon as ``fullProcessComplete``
 arrives, until the measuring window is over. Some turns are cancelled at a random delta when asked.
+
+Deltas are the model's deltas, not ``text`` events: every delta of the demo model (and of the floor) has
+``delta_chars`` characters, and a server that coalesces sends several of them whole in one event, so a turn's
+deltas so far are the text characters it has received ÷ ``delta_chars``. A ``text`` event carrying k merged
+deltas counts k; without coalescing every event carries one, and deltas = events. ``text`` events are
+counted too (``frames``).
 """
 
 from __future__ import annotations
@@ -57,7 +63,9 @@ class TurnState:
     working: float | None = None
     first: float | None = None
     last: float = 0.0
-    deltas: int = 0
+    deltas: int = 0  # the model's deltas received: chars // delta_chars
+    chars: int = 0  # text characters received
+    frames: int = 0  # text events received
     events: int = 0
     size: int = 0
     cancel_sent: float | None = None
@@ -87,8 +95,10 @@ class Recorder:
     ttft_ms: list[float] = field(default_factory=list)
     turn_ms: list[float] = field(default_factory=list)
     gaps_ms: array[float] = field(default_factory=lambda: array("d"))
-    deltas: int = 0
+    deltas: int = 0  # the model's deltas (text characters ÷ delta size)
     deltas_window: int = 0
+    frames: int = 0  # text events, each carrying one delta or (coalesced) several
+    frames_window: int = 0
     turns_started: int = 0
     completed_window: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
@@ -111,6 +121,8 @@ class Recorder:
         return {
             "deltas_total": self.deltas,
             "deltas_window": self.deltas_window,
+            "frames_total": self.frames,
+            "frames_window": self.frames_window,
             "completed_window": self.completed_window,
             "turns_started": self.turns_started,
             "statuses": dict(self.statuses),
@@ -237,21 +249,28 @@ class StreamDriver:
         elif inside:
             rec.gaps_ms.append((now - turn.last) * 1000.0)
         turn.last = now
-        turn.deltas += 1
-        rec.deltas += 1
+        content = event.get("content")
+        text = content if isinstance(content, str) else ""
+        delivered = deltas_in(turn.chars, len(text), self.load.delta_chars)
+        turn.chars += len(text)
+        turn.deltas += delivered
+        turn.frames += 1
+        rec.deltas += delivered
+        rec.frames += 1
         if inside:
-            rec.deltas_window += 1
+            rec.deltas_window += delivered
+            rec.frames_window += 1
         if turn.parts is not None:
-            self._cancel_track(turn, str(event.get("content")))
+            self._cancel_track(turn, text, delivered)
 
-    def _cancel_track(self, turn: TurnState, content: str) -> None:
+    def _cancel_track(self, turn: TurnState, content: str, delivered: int) -> None:
         assert turn.parts is not None and turn.cancel_at is not None
         if turn.cancelled is not None:
-            turn.after += 1  # a delta after `cancelled`: must never happen
+            turn.after += max(1, delivered)  # a delta after `cancelled`: must never happen
             return
         turn.parts.append(content)
         if turn.cancel_sent is not None:
-            turn.in_flight += 1
+            turn.in_flight += delivered
         elif turn.deltas >= turn.cancel_at:
             turn.cancel_sent = time.perf_counter()
             self.client.send_text(orjson.dumps({"type": "cancel", "request_id": turn.request_id}))
@@ -271,6 +290,9 @@ class StreamDriver:
             rec.completed_window += 1
         if status == "completed" and turn.cancel_sent is None:
             rec.shapes[(turn.events, turn.size)] += 1
+        expected = self.load.chunks * self.load.delta_chars
+        if status == "completed" and turn.chars != expected:  # the delta count would be off
+            rec.error("answer of another length", f"{turn.chars} characters, not {expected}")
         if turn.cancel_sent is not None:
             self._cancel_done(turn, status)
         self._next_session()
@@ -301,3 +323,10 @@ class StreamDriver:
         self.rec.error("connection closed mid-turn" if self.turn is not None else "connection closed")
         self.turn = None
         self.finish()
+
+
+def deltas_in(chars_before: int, chars: int, delta_chars: int) -> int:
+    """Deltas completed by ``chars`` more characters of a turn that had ``chars_before``: exactly k for an
+    event of k whole deltas; a delta split across events would count once, with its last character."""
+    size = max(1, delta_chars)
+    return (chars_before + chars) // size - chars_before // size

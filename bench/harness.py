@@ -28,6 +28,7 @@ from bench.metrics import (
 from bench.profiling import ProfileSetup, Recording, case_slug
 from bench.scenarios import CUSTOMERS, Case, Scenario
 from bench.servers import (
+    PARLEY_BENCH_SETTINGS,
     REPO,
     ParleySource,
     Server,
@@ -66,6 +67,14 @@ class RunRecord:
     failure: str | None = None
     skipped: str | None = None
     profile: dict[str, Any] | None = None  # bench.profiling.summarize's, with `file` or `error`
+    parley_env: dict[str, str] = field(default_factory=dict)  # Parley's settings over the bench's own
+
+    @property
+    def coalesce_ms(self) -> float:
+        """The coalescing window this run had: 0 for the floor, which never coalesces."""
+        if self.server != "parley":
+            return 0.0
+        return float(self.parley_env.get("PARLEY_COALESCE_MS", PARLEY_BENCH_SETTINGS["PARLEY_COALESCE_MS"]))
 
     @property
     def ok(self) -> bool:
@@ -221,6 +230,12 @@ async def follow(
     await proc.wait()
 
 
+def parley_overrides(scenario: Scenario, ctx: Context) -> dict[str, str]:
+    """The settings a scenario's Parley server gets over the bench's own: ``--parley-env``, then the
+    scenario's (which win: ``coalesce`` is defined by its window)."""
+    return {**ctx.parley_env, **scenario.parley_env}
+
+
 async def start_server(kind: str, scenario: Scenario, ctx: Context, database_url: str | None) -> Server:
     if kind == "floor":
         return await asyncio.to_thread(start_floor, ctx.server_cores, ctx.scratch)
@@ -231,7 +246,7 @@ async def start_server(kind: str, scenario: Scenario, ctx: Context, database_url
         scenario.database,
         database_url,
         ctx.source,
-        ctx.parley_env,
+        parley_overrides(scenario, ctx),
     )
 
 
@@ -283,6 +298,8 @@ class Accounting:
 async def run_case(scenario: Scenario, case: Case, kind: str, ctx: Context) -> RunRecord:
     database = scenario.database if kind == "parley" else "none"
     record = RunRecord(scenario.name, case.label, case.level, kind, database)
+    if kind == "parley":
+        record.parley_env = parley_overrides(scenario, ctx)
     started = time.perf_counter()
     accounting = Accounting(watch_postgres=database == "postgres")
     pg = await databases.create_database() if database == "postgres" else None

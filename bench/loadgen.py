@@ -231,10 +231,14 @@ async def finish_drivers(drivers: list[StreamDriver], spec: Spec) -> None:
 
 
 def throughput(rec: Recorder, usage: dict[str, float]) -> dict[str, Any]:
+    """Rates in the window. Deltas are the model's (text characters ÷ delta size), frames the ``text``
+    events that carried them: the same count unless the server coalesces."""
     window = usage["window_s"]
-    deltas, completed = rec.deltas_window, rec.completed_window
+    deltas, frames, completed = rec.deltas_window, rec.frames_window, rec.completed_window
     return {
         "deltas_per_s": deltas / window,
+        "frames_per_s": frames / window,
+        "deltas_per_frame": deltas / frames if frames else math.nan,
         "turns_per_s": completed / window,
         "server_cpu_per_delta_us": 1e6 * usage["server_cpu_s"] / deltas if deltas else math.nan,
         "server_cpu_per_turn_us": 1e6 * usage["server_cpu_s"] / completed if completed else math.nan,

@@ -41,18 +41,35 @@ PROFILE_MARK = "<!-- PROFILE: to be filled in by the profiling part of issue #4 
 MINOR_BUCKET_PCT = 1.0
 
 
+def scenario_env(meta: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The scenarios that set Parley settings of their own (over the run's), with those settings."""
+    scenarios = meta.get("scenarios") or {}
+    return {name: dict(s["parley_env"]) for name, s in scenarios.items() if s.get("parley_env")}
+
+
+def run_coalesce(meta: dict[str, Any]) -> str:
+    """The run's coalescing window: the bench's setting, or ``--parley-env``'s."""
+    extra = meta.get("parley_env") or {}
+    return str(extra.get("PARLEY_COALESCE_MS", PARLEY_BENCH_SETTINGS["PARLEY_COALESCE_MS"]))
+
+
 def section_targets(res: Results, meta: dict[str, Any]) -> list[str]:
     extra = meta.get("parley_env") or {}
-    coalesce = extra.get("PARLEY_COALESCE_MS", PARLEY_BENCH_SETTINGS["PARLEY_COALESCE_MS"])
+    coalesce = run_coalesce(meta)
     if float(coalesce) == 0:
-        how = (
-            f"Parley ran with `PARLEY_COALESCE_MS={coalesce}`: coalescing off, every delta is its own frame."
-        )
+        how = f"Parley ran with `PARLEY_COALESCE_MS={coalesce}`: coalescing off, every delta is its own frame"
+        own = [
+            f"the `{name}` scenario, which sets `PARLEY_COALESCE_MS={env['PARLEY_COALESCE_MS']}` for its "
+            "own Parley runs only (see its section)"
+            for name, env in scenario_env(meta).items()
+            if "PARLEY_COALESCE_MS" in env and float(env["PARLEY_COALESCE_MS"]) != 0
+        ]
+        how += f", except in {' and '.join(own)}." if own else "."
     else:
         how = (
             f"**Parley ran with `PARLEY_COALESCE_MS={coalesce}`: coalescing on**, so Parley sends fewer, "
-            'bigger text events than the floor and "deltas" below count the events delivered; the '
-            "coalescing-off targets do not apply to this run."
+            'bigger text events than the floor ("deltas" below still count the model\'s deltas: text '
+            "characters ÷ delta size); the coalescing-off targets do not apply to this run."
         )
     lines = ["## Targets", "", f"Measured, not asserted. {how}", ""]
     if extra:
@@ -211,6 +228,83 @@ def section_sweep(res: Results) -> list[str]:
         *scenario_intro(res, "sweep"),
         *table(head, rows),
         *table(lat_head, lat),
+    ]
+
+
+def section_coalesce(res: Results, meta: dict[str, Any]) -> list[str]:
+    """Parley coalescing deltas against the floor sending each alone: model deltas and frames, both."""
+    levels = res.levels("coalesce")
+    if not levels:
+        return []
+    n = levels[0]
+    floor, parley = res.pair("coalesce", n)
+    window = parley.coalesce_ms if parley else math.nan
+    runs = [("floor", floor), (f"Parley, coalescing {num(window, 0)} ms", parley)]
+    unmerged = res.find("sweep", "parley", n)
+    if unmerged is not None and unmerged.coalesce_ms == 0:
+        runs.append(("Parley, coalescing off (from the sweep)", unmerged))
+    rows = [[name, *coalesce_cells(rec)] for name, rec in runs]
+    f_ttft = [value(floor, "ttft_ms", q) for q in ("p50", "p99")]
+    p_ttft = [value(parley, "ttft_ms", q) for q in ("p50", "p99")]
+    rows.append(
+        [
+            "Parley coalescing ÷ floor",
+            times(ratio(value(parley, "deltas_per_s"), value(floor, "deltas_per_s"))),
+            times(ratio(value(parley, "frames_per_s"), value(floor, "frames_per_s"))),
+            "",
+            f"{added_ms(p_ttft[0] - f_ttft[0])} / {added_ms(p_ttft[1] - f_ttft[1])}",
+            "",
+            times(ratio(value(parley, "server_cpu_per_delta_us"), value(floor, "server_cpu_per_delta_us"))),
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
+    head = [
+        "",
+        "deltas/s (model's)",
+        "`text` frames/s",
+        "deltas per frame",
+        "first `text` p50 / p99",
+        "gap p99 (between frames)",
+        "server CPU / delta",
+        "server CPU",
+        "generator CPU",
+        "limited by",
+        "errors",
+    ]
+    rest = run_coalesce(meta)
+    chars = value(parley or floor, "spec", "delta_chars")
+    notes = [
+        f"Parley ran with `PARLEY_COALESCE_MS={num(window, 0)}` in this scenario only (the run's other "
+        f"scenarios: `{rest}`). Deltas are the model's deltas: text characters received ÷ the delta size "
+        f"({num(chars, 0)} characters, the same at the floor), so a `text` event that carries k merged "
+        "deltas counts k; frames are the `text` events themselves. Server CPU per delta is per model delta. "
+        "The gap is between consecutive `text` events of a turn.",
+        "",
+    ]
+    title = f"## Unpaced, {n:,} streams, Parley coalescing deltas"
+    return [title, "", *scenario_intro(res, "coalesce"), *table(head, rows), *notes]
+
+
+def added_ms(x: float) -> str:
+    """A difference in ms with its sign: +1.20 ms, −3.4 ms."""
+    return ms(x) if math.isnan(x) else ("+" if x >= 0 else "−") + ms(abs(x))
+
+
+def coalesce_cells(rec: RunRecord | None) -> list[str]:
+    return [
+        rate(value(rec, "deltas_per_s")),
+        rate(value(rec, "frames_per_s")),
+        num(value(rec, "deltas_per_frame"), 2),
+        f"{ms(value(rec, 'ttft_ms', 'p50'))} / {ms(value(rec, 'ttft_ms', 'p99'))}",
+        ms(value(rec, "gap_ms", "p99")),
+        us(value(rec, "server_cpu_per_delta_us")),
+        pct(value(rec, "server_cpu_pct")),
+        pct(value(rec, "gen_cpu_pct")),
+        limit_of(rec),
+        errors_of(rec),
     ]
 
 
@@ -523,7 +617,7 @@ def observations(res: Results) -> list[str]:
             notes.append(
                 f"- {where}: {stuck} answers still `streaming` in the database after the server stopped."
             )
-    notes += shape_notes(res) + noise_notes(res)
+    notes += shape_notes(res) + count_notes(res) + noise_notes(res)
     return [
         "## Observations",
         "",
@@ -557,10 +651,11 @@ def noise_notes(res: Results) -> list[str]:
 
 
 def shape_notes(res: Results) -> list[str]:
-    """Do the floor and Parley send the same events of the same size? One line per scenario/level."""
+    """Do the floor and Parley send the same events of the same size? One line per scenario/level (not
+    where Parley coalesces: there it sends fewer events by design)."""
     notes = []
     for r in res.records:
-        if r.server != "parley" or not r.ok:
+        if r.server != "parley" or not r.ok or r.coalesce_ms > 0:
             continue
         floor = res.find(r.scenario, "floor", r.level)
         a, b = r.load.get("shape"), floor.load.get("shape") if floor else None
@@ -572,13 +667,34 @@ def shape_notes(res: Results) -> list[str]:
     return notes
 
 
+def count_notes(res: Results) -> list[str]:
+    """Without coalescing every `text` event is one delta: the two counts must agree."""
+    notes = []
+    for r in res.records:
+        if not r.ok or r.coalesce_ms > 0 or "frames_window" not in r.load:
+            continue
+        deltas, frames = value(r, "deltas_window"), value(r, "frames_window")
+        if deltas != frames:
+            notes.append(
+                f"- {r.scenario} / {r.label} / {r.server}: {num(deltas, 0)} deltas counted (text characters "
+                f"÷ delta size) but {num(frames, 0)} `text` events, with coalescing off."
+            )
+    return notes
+
+
 def frame_check(res: Results) -> list[str]:
     rows = []
     for name in dict.fromkeys(r.scenario for r in res.records):
         f, p = res.pair(name, res.levels(name)[0] if res.levels(name) else None)
         fs, ps = (f.load.get("shape") if f else None), (p.load.get("shape") if p else None)
         if fs and ps:
-            rows.append([name, f"{fs['events']} / {fs['bytes']:,} B", f"{ps['events']} / {ps['bytes']:,} B"])
+            merged = ""
+            if p is not None and p.coalesce_ms > 0:
+                shapes = num(value(p, "distinct_shapes"), 0)
+                merged = f" (coalescing {num(p.coalesce_ms, 0)} ms: the most common of {shapes} shapes)"
+            rows.append(
+                [name, f"{fs['events']} / {fs['bytes']:,} B", f"{ps['events']} / {ps['bytes']:,} B{merged}"]
+            )
     if not rows:
         return []
     return [
@@ -631,6 +747,13 @@ def section_settings(meta: dict[str, Any]) -> list[str]:
     }
     lines = ["## Settings", "", "Parley's environment (anything else is Parley's default):", ""]
     lines += table(["variable", "value"], ([f"`{k}`", f"`{v}`"] for k, v in env.items()))
+    own = scenario_env(meta)
+    if own:
+        lines += ["Scenarios with Parley settings of their own, over these (for their Parley runs only):", ""]
+        lines += table(
+            ["scenario", "settings"],
+            ([name, ", ".join(f"`{k}={v}`" for k, v in e.items())] for name, e in own.items()),
+        )
     rows = []
     for name, scenario in meta.get("scenarios", {}).items():
         for case in scenario.get("cases", []):
@@ -832,6 +955,7 @@ def render(
         *section_targets(res, meta),
         *section_single(res),
         *section_sweep(res),
+        *section_coalesce(res, meta),
         *section_sweep_postgres(res),
         *section_paced(res),
         *section_cancel(res),

@@ -165,6 +165,11 @@ def summary_line(record: RunRecord) -> str:
             f"CPU/delta {us(value(record, 'server_cpu_per_delta_us'))}",
             f"first text p50 {ms(value(record, 'ttft_ms', 'p50'))}",
         ]
+        if value(record, "deltas_per_frame") > 1:  # coalesced: fewer, bigger text events
+            parts.append(
+                f"frames/s {rate(value(record, 'frames_per_s'))}"
+                f" ({value(record, 'deltas_per_frame'):.1f} deltas/frame)"
+            )
         if "cancel" in record.load:
             parts.append(f"cancel p50 {ms(value(record, 'cancel', 'latency_ms', 'p50'))}")
     parts += [
@@ -180,6 +185,7 @@ def describe_plan(scenarios: list[Scenario]) -> dict[str, Any]:
             "title": s.title,
             "what": s.what,
             "cases": [{"label": c.label, "level": c.level, "load": c.load} for c in s.cases],
+            "parley_env": s.parley_env,
         }
         for s in scenarios
     }

@@ -1,7 +1,8 @@
 """The scenarios of issue #4 and their settings, full and ``--quick``. Each case runs the floor, then Parley.
 
 A case's ``load`` is handed to the generator as it is (``bench.loadgen.Spec`` fields), so the report can
-print exactly what was run.
+print exactly what was run. A scenario's ``parley_env`` is passed to the Parley server of that scenario only,
+over the bench's settings and ``--parley-env`` (the report prints it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PACED_DELAY_MS = 1000 / 30  # 30 deltas per second
+COALESCE_MS = 20  # the coalescing window of the `coalesce` scenario (PARLEY_COALESCE_MS)
 CUSTOMERS = 16  # connections use these many customers' tokens, round robin
 
 Database = Literal["sqlite", "postgres"]
@@ -31,6 +33,7 @@ class Scenario:
     database: Database = "sqlite"
     servers: tuple[str, ...] = ("floor", "parley")
     notes: list[str] = field(default_factory=list)
+    parley_env: dict[str, str] = field(default_factory=dict)  # for this scenario's Parley server only
 
 
 def _stream(connections: int, **load: Any) -> dict[str, Any]:
@@ -59,6 +62,22 @@ def sweep(quick: bool) -> Scenario:
         "Concurrency sweep, unpaced",
         "N connections, each running 200-delta turns back to back as fast as the server sends them.",
         cases,
+    )
+
+
+def coalesce(quick: bool) -> Scenario:
+    """The sweep's 100-stream case with Parley merging deltas into fewer frames; the floor sends every delta
+    as its own frame, as always."""
+    n = 50 if quick else 100
+    timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
+    return Scenario(
+        "coalesce",
+        f"Unpaced, {n} streams, Parley coalescing deltas ({COALESCE_MS} ms)",
+        f"The sweep's case again with Parley run with `PARLEY_COALESCE_MS={COALESCE_MS}` (this scenario "
+        "only): deltas arriving within the window of the last text event are merged into one event. The "
+        "floor does not coalesce: every delta is its own frame.",
+        [Case(f"{n} streams", n, _stream(n, chunks=200, start_spread_s=1.0, **timing))],
+        parley_env={"PARLEY_COALESCE_MS": str(COALESCE_MS)},
     )
 
 
@@ -167,6 +186,7 @@ def slow(quick: bool) -> Scenario:
 SCENARIOS = (
     "single",
     "sweep",
+    "coalesce",
     "sweep-postgres",
     "paced",
     "cancel",
@@ -184,6 +204,7 @@ def build(name: str, quick: bool) -> Scenario:
     builders = {
         "single": single,
         "sweep": sweep,
+        "coalesce": coalesce,
         "sweep-postgres": sweep_postgres,
         "paced": paced,
         "cancel": cancel,

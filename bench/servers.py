@@ -34,7 +34,8 @@ ServerKind = Literal["floor", "parley"]
 # What the harness sets besides host, port, secret, data dir and database; the report prints these.
 PARLEY_BENCH_SETTINGS: dict[str, str] = {
     "PARLEY_LOG_LEVEL": "warning",
-    "PARLEY_COALESCE_MS": "0",  # coalescing off (the default), so every delta is a frame as at the floor
+    # coalescing off (the default), so every delta is a frame as at the floor; `coalesce` sets its own
+    "PARLEY_COALESCE_MS": "0",
     "PARLEY_SEND_STALL_TIMEOUT_S": "2",  # default 10: the slow-reader scenario would need minutes
     "PARLEY_SHUTDOWN_GRACE_S": "2",  # default 30: nothing is running when the harness stops it
     "PARLEY_MAX_QUEUED_REQUESTS": "8",  # the default; the generator sends one request at a time anyway
@@ -199,7 +200,11 @@ def start_floor(cores: set[int], scratch: Path) -> Server:
     return server
 
 
-def parley_env(port: int, secret: str, data_dir: Path, database_url: str | None) -> dict[str, str]:
+def parley_env(
+    port: int, secret: str, data_dir: Path, database_url: str | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Parley's ``PARLEY_*`` settings: where it listens and stores, the bench's settings, then ``extra``
+    (``--parley-env`` and the scenario's own) over them."""
     env = {
         "PARLEY_HOST": "127.0.0.1",
         "PARLEY_PORT": str(port),
@@ -209,7 +214,7 @@ def parley_env(port: int, secret: str, data_dir: Path, database_url: str | None)
     }
     if database_url:
         env["PARLEY_DATABASE_URL"] = database_url
-    return env
+    return {**env, **(extra or {})}
 
 
 def start_parley(
@@ -223,7 +228,7 @@ def start_parley(
     workdir = Path(tempfile.mkdtemp(prefix="parley-", dir=scratch))
     port = free_port()
     secret = secrets.token_urlsafe(48)
-    env = {**parley_env(port, secret, workdir / "data", database_url), **extra_env}
+    env = parley_env(port, secret, workdir / "data", database_url, extra_env)
     log_path = workdir / "server.log"
     command = [sys.executable, "-m", "parley", "serve"]
     proc = spawn(command, clean_env(env, source.path), workdir, log_path, cores)

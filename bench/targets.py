@@ -79,6 +79,21 @@ def throughput_targets(res: Results) -> list[Verdict]:
     ]
 
 
+def coalesce_targets(res: Results) -> list[Verdict]:
+    """Model deltas delivered (not frames) by Parley coalescing ÷ the floor, which sends each delta alone."""
+    target = "delivered deltas/s at 100 unpaced streams, coalescing on ≥ 1.5 × floor"
+    floor, parley = res.pair("coalesce", 100)
+    if parley is not None and parley.coalesce_ms <= 0:
+        return [Verdict(target, "– (Parley ran with coalescing off)", None)]
+    a, b = value(parley, "deltas_per_s"), value(floor, "deltas_per_s")
+    per_frame = value(parley, "deltas_per_frame")
+    shown = (
+        f"{times(ratio(a, b))} ({rate(a)} vs {rate(b)}; Parley at `PARLEY_COALESCE_MS="
+        f"{num(parley.coalesce_ms if parley else math.nan, 0)}`, {num(per_frame, 1)} deltas per frame)"
+    )
+    return [at_least(target, ratio(a, b), 1.5, floors, shown)]
+
+
 def ttft_targets(res: Results) -> list[Verdict]:
     """Judged on unpaced streams (the issue's default); paced streams are shown beside, for reference."""
     out = []
@@ -171,7 +186,7 @@ def slow_targets(res: Results) -> list[Verdict]:
 
 
 def verdicts(res: Results) -> list[Verdict]:
-    groups = (cpu_targets, throughput_targets, ttft_targets, cancel_targets, memory_targets)
+    groups = (cpu_targets, throughput_targets, coalesce_targets, ttft_targets, cancel_targets, memory_targets)
     return [v for group in (*groups, persist_targets, paced_targets, slow_targets) for v in group(res)]
 
 
