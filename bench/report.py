@@ -37,6 +37,7 @@ NOISY_OTHER_PCT = 10.0
 KNEE_DELIVERED = 0.95
 KNEE_GAP_MS = 100.0
 METHOD = Path(__file__).with_name("method.md")
+FINDINGS = Path(__file__).with_name("findings.md")
 PROFILE_MARK = "<!-- PROFILE: to be filled in by the profiling part of issue #4 -->"
 MINOR_BUCKET_PCT = 1.0
 
@@ -774,6 +775,14 @@ def section_charts(charts: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
+def section_findings(path: Path = FINDINGS) -> list[str]:
+    """The engineers' reading of the last full run (``bench/findings.md``): what the profile says stands
+    in the way of each missed target. Written by hand, so it names the run it was written for."""
+    if not path.exists():
+        return []
+    return [path.read_text().strip(), ""]
+
+
 def section_profile(res: Results, meta: dict[str, Any]) -> list[str]:
     """py-spy's samples of Parley per profiled case, or the placeholder saying how to get them."""
     setup = meta.get("profile")
@@ -953,6 +962,7 @@ def render(
     ]
     body = [
         *section_targets(res, meta),
+        *section_findings(),
         *section_single(res),
         *section_sweep(res),
         *section_coalesce(res, meta),

@@ -21,6 +21,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from parley.connection import DirectSend
 from parley.store.tables import Message
 from tests.conftest import LiveServer, live_server, make_settings
 from tests.invariants import Frame, TurnSummary, check_turn
@@ -562,3 +563,29 @@ async def test_slow_reader_is_disconnected_by_the_server(strict_buffer_server: L
         )
     finally:
         client.close()
+
+
+# -- sending -----------------------------------------------------------------------------------------
+
+
+async def test_frames_go_straight_to_uvicorns_protocol(sqlite_server: LiveServer) -> None:
+    """The outbox writes frames through uvicorn's websockets protocol directly (``DirectSend``): if a
+    uvicorn upgrade renames what it relies on, it falls back to ASGI sends silently, and this fails."""
+    async with await sqlite_server.client() as client:
+        turn = await client.turn(await client.chat("direct", options={"chunks": 30}))
+        outboxes = list(sqlite_server.runtime.supervisor.outboxes)
+    assert turn.status == "completed"
+    assert outboxes and all(isinstance(o._direct, DirectSend) for o in outboxes)  # type: ignore[attr-defined]
+
+
+async def test_asgi_sends_when_the_server_is_not_uvicorn_sansio(
+    sqlite_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DirectSend, "of", classmethod(lambda cls, websocket: None))
+    async with await sqlite_server.client() as client:
+        first = await client.turn(await client.chat("one", options={"chunks": 50}))
+        second = await client.turn(await client.chat("two", options={"chunks": 5}))
+        outboxes = list(sqlite_server.runtime.supervisor.outboxes)
+    assert first.status == second.status == "completed"
+    assert len([k for k in first.kinds if k == "text"]) == 50
+    assert outboxes and all(o._direct is None for o in outboxes)  # type: ignore[attr-defined]

@@ -92,8 +92,8 @@ class SqliteWriter:
             self._thread.start()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put((write, future))
-        # Shielded: a cancelled caller stops waiting, but a write already queued still happens, whole.
-        return await asyncio.shield(future)
+        # A cancelled caller cancels only its future: the write is queued and happens, whole, regardless.
+        return await future
 
     async def close(self) -> None:
         """Finish what is queued, then stop the thread and close its connection."""
@@ -188,8 +188,8 @@ class _Lane:
             self._task = asyncio.create_task(self._serve(), name=self._name)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((write, future))
-        # Shielded: a cancelled caller stops waiting, but a write already queued still happens, whole.
-        return await asyncio.shield(future)
+        # A cancelled caller cancels only its future: the write is queued and happens, whole, regardless.
+        return await future
 
     async def close(self) -> None:
         if self._task is not None:
