@@ -18,6 +18,7 @@ from parley.providers.registry import ModelRegistry, build_provider, load_models
 from parley.store.db import create_engine, migrate
 from parley.store.repository import Store
 from parley.tasks import Supervisor
+from parley.tools import McpManager, ToolLimits, ToolRegistry, builtin_tools, load_mcp_config
 from parley.turn import TurnServices
 
 log = logging.getLogger("parley.app")
@@ -31,6 +32,7 @@ class Runtime:
     verifier: TokenVerifier
     services: TurnServices
     supervisor: Supervisor
+    mcp: McpManager | None = None  # the MCP servers' sessions, for their status
 
     @property
     def store(self) -> Store:
@@ -41,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     verifier = TokenVerifier.from_settings(settings)  # fail at build time, not at the first request
     models = load_models_file(settings.models_file)
+    mcp_servers = load_mcp_config(settings.mcp_file) if settings.mcp_file else []  # ValueError: refused
+    limits = ToolLimits(settings.tool_timeout_s, settings.tool_max_output_chars)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,16 +52,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry.from_config(models, build_provider, env=provider_env(), dev=settings.dev)
         try:
             await migrate(engine)
-            supervisor = Supervisor()
-            store = Store(engine)
-            services = TurnServices(settings, store, registry, supervisor)
-            runtime = Runtime(settings, verifier, services, supervisor)
-            app.state.runtime = runtime
-            try:
-                yield
-                await runtime.supervisor.drain(settings.shutdown_grace_s)
-            finally:
-                await store.close()
+            # MCP servers start with the app (one that fails is logged and left out) and stop after the
+            # turns have drained, so no running turn loses a tool midway.
+            async with McpManager(mcp_servers) as mcp:
+                tools = ToolRegistry([*builtin_tools(), *mcp.tools()], limits)
+                supervisor = Supervisor()
+                store = Store(engine)
+                services = TurnServices(settings, store, registry, supervisor, tools)
+                runtime = Runtime(settings, verifier, services, supervisor, mcp)
+                app.state.runtime = runtime
+                try:
+                    yield
+                    await runtime.supervisor.drain(settings.shutdown_grace_s)
+                finally:
+                    await store.close()
         finally:
             await registry.aclose()
             await engine.dispose()
@@ -68,13 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from parley.api.models import router as models_router
     from parley.api.search import router as search_router
     from parley.api.sessions import router as sessions_router
+    from parley.api.tools import router as tools_router
     from parley.api.websocket import route as websocket_route
 
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(health_router)
     # export before sessions: /sessions/import is not a session id. Any /api/v1 route may answer 401, 503.
-    for router in (export_router, sessions_router, search_router, models_router):
+    for router in (export_router, sessions_router, search_router, models_router, tools_router):
         app.include_router(router, prefix="/api/v1", responses=errors.error_responses(401, 503))
     app.router.routes.append(websocket_route)
     return app

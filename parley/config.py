@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     context_budget_chars: int = Field(default=400_000, ge=1000)
     auto_title: bool = Field(default=False, description="a model-written title after the first answer")
 
+    mcp_file: Path | None = Field(default=None, description="TOML file of MCP servers whose tools to offer")
+    tool_timeout_s: float = Field(default=30.0, gt=0, description="the longest one tool call may run")
+    tool_max_output_chars: int = Field(default=20_000, ge=200, description="longer tool output is cut")
+    max_tool_steps: int = Field(default=10, ge=1, le=100, description="model steps in one agentic turn")
+
     max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(default=100_000, ge=1)
     max_queued_requests: int = Field(default=8, ge=0)

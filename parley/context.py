@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from parley.providers.base import ChatMessage
+from parley.providers.base import ChatMessage, arguments_json
 
 
 def build_context(
@@ -12,21 +12,33 @@ def build_context(
 ) -> list[ChatMessage]:
     """Most recent history first, whole messages only, until the budget (in characters) is spent.
 
-    The system prompt and the new prompt are always sent; history is what gives way.
+    The system prompt and the new prompt are always sent; history is what gives way. What is kept opens
+    with a question: never with an answer, a tool result or a step's tool calls whose question was cut, so
+    an assistant's calls always travel with their results.
     """
     fixed = [ChatMessage("system", system_prompt)] if system_prompt else []
     left = budget_chars - len(prompt) - sum(len(m.content) for m in fixed)
     kept: list[ChatMessage] = []
     for message in reversed(history):
-        if len(message.content) > left:
+        size = _size(message)
+        if size > left:
             break
         kept.append(message)
-        left -= len(message.content)
+        left -= size
     kept.reverse()
     return [*fixed, *_start_with_user(kept), ChatMessage("user", prompt)]
 
 
+def _size(message: ChatMessage) -> int:
+    """Characters a message costs: its text, and for a tool step its calls' names and arguments."""
+    if not message.tool_calls:
+        return len(message.content)
+    calls = sum(len(call.name) + len(arguments_json(call)) for call in message.tool_calls)
+    return len(message.content) + calls
+
+
 def _start_with_user(history: list[ChatMessage]) -> list[ChatMessage]:
-    """Drop leading answers whose question was cut: vendors expect the conversation to open with the user."""
-    first_user = next((i for i, m in enumerate(history) if m.role != "assistant"), len(history))
+    """Drop leading answers (and tool steps) whose question was cut: vendors expect the conversation to
+    open with the user, and every tool result to follow the call it answers."""
+    first_user = next((i for i, m in enumerate(history) if m.role not in ("assistant", "tool")), len(history))
     return history[first_user:]

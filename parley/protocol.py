@@ -59,6 +59,10 @@ class UserInput(_Frame):
     regenerate: str | None = None  # an assistant message id: a new answer beside it (prompt not needed)
 
 
+MAX_REQUEST_TOOLS = 128
+MAX_REQUEST_STEPS = 100
+
+
 class TextSettings(_Frame):
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -66,6 +70,10 @@ class TextSettings(_Frame):
     streaming: bool = True
     system_prompt: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # Agentic turns: the tools the model may call (names from GET /api/v1/tools), and the most model
+    # steps (calls to the model) the turn may take; the server's own limit caps it.
+    tools: list[str] = Field(default_factory=list, max_length=MAX_REQUEST_TOOLS)
+    max_steps: int | None = Field(default=None, ge=1, le=MAX_REQUEST_STEPS)
 
 
 class UserSettings(_Frame):
@@ -195,6 +203,8 @@ class TurnEmitter:
         self.complete = False
         self._sink = sink
         self._text_name = wire_name(dialect, Event.TEXT)
+        self._text_prefix: str | None = None
+        self._text_session: str | None = None
         self._reasoning_name = wire_name(dialect, Event.REASONING)
 
     def _send(self, frame: dict[str, Any]) -> None:
@@ -210,10 +220,33 @@ class TurnEmitter:
         self._send({"type": wire_name(self.dialect, Event.WORKING), "content": content})
 
     def text(self, delta: str) -> None:
-        self._send({"type": self._text_name, "content": delta})
+        """The hot path: one frame per delta, so the frame is spliced from a prefix made once per turn
+        (and again when the session id appears) instead of building and encoding a dict. The fields are
+        those ``_send`` would write."""
+        prefix = self._text_prefix
+        if prefix is None or self._text_session != self.session_id:
+            prefix = self._text_prefix = self._frame_prefix(self._text_name)
+            self._text_session = self.session_id
+        seq = self.seq
+        self.seq = seq + 1
+        self._sink(f'{prefix}{seq},"content":{orjson.dumps(delta).decode()}}}')
+
+    def _frame_prefix(self, name: str) -> str:
+        head = {"type": name, "request_id": self.request_id}
+        if self.session_id is not None:
+            head["session_id"] = self.session_id
+        return encode(head)[:-1] + ',"seq":'
 
     def reasoning(self, delta: str) -> None:
         self._send({"type": self._reasoning_name, "content": delta})
+
+    def tool_use(self, call_id: str, name: str, input: Any) -> None:
+        content = {"call_id": call_id, "name": name, "input": input}
+        self._send({"type": wire_name(self.dialect, Event.TOOL_USE), "content": content})
+
+    def tool_result(self, call_id: str, output: str, is_error: bool) -> None:
+        content = {"call_id": call_id, "output": output, "is_error": is_error}
+        self._send({"type": wire_name(self.dialect, Event.TOOL_RESULT), "content": content})
 
     def cancelled(self) -> None:
         self._send({"type": wire_name(self.dialect, Event.CANCELLED), "content": CANCELLED_TEXT})

@@ -1,6 +1,8 @@
 """One chat turn, start to finish: validate → persist the question → stream the model → persist → events.
 
-A turn knows nothing of sockets: it writes events to a ``Channel``, which the connection drains.
+A turn knows nothing of sockets: it writes events to a ``Channel``, which the connection drains. A request
+that selects tools streams through a ``ToolLoop`` (parley/agent.py) instead of ``_pump``: same stages, same
+closing events, one model call per step; a turn without tools never touches it.
 """
 
 from __future__ import annotations
@@ -8,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from parley.agent import ToolLoop, history_messages, step_limit
 from parley.answer import Answer, Checkpointer, TextSender
 from parley.auth import Identity
 from parley.config import Dialect, Settings
@@ -38,6 +41,7 @@ from parley.providers.registry import ModelRegistry, Resolved
 from parley.store.repository import ContextMessage, Store, TurnRecord, parse_uuid
 from parley.tasks import Supervisor
 from parley.titles import schedule_title
+from parley.tools import ToolContext, ToolRegistry, ToolSelection
 
 log = logging.getLogger("parley.turn")
 
@@ -62,6 +66,7 @@ class TurnServices:
     store: Store
     registry: ModelRegistry
     supervisor: Supervisor | None = None  # owns work that outlives a turn (model-written titles)
+    tools: ToolRegistry = field(default_factory=ToolRegistry)  # built-ins and MCP tools, for agentic turns
 
 
 def request_id_of(raw: dict[str, Any]) -> str:
@@ -111,7 +116,7 @@ class Turn:
     async def _run(self) -> TurnStatus:
         resolved = self._announce()
         try:
-            request, resolved = await self._validate(resolved)
+            request, resolved, tools = await self._validate(resolved)
         except ParleyError as exc:
             return self._fail(exc)
         try:
@@ -123,10 +128,11 @@ class Turn:
             return self._fail(exc)
         self.events.session_id = str(record.session_id)
         answer = Answer()
+        loop = self._tool_loop(request, resolved, tools, answer, record) if tools else None
         outcome = await self._stream(
-            self._provider_request(request, resolved, record), resolved, answer, record
+            self._provider_request(request, resolved, record, tools), resolved, answer, record, loop
         )
-        status = await self._finish(record, answer, outcome)
+        status = await self._finish(record, answer, outcome, loop)
         if status == "completed" and record.new_session:
             schedule_title(self.services, resolved, record, answer.content)
         return status
@@ -148,7 +154,9 @@ class Turn:
         self.events.working(request_type if isinstance(request_type, str) else "text", model, provider)
         return resolved
 
-    async def _validate(self, resolved: Resolved | ParleyError) -> tuple[ChatRequest, Resolved]:
+    async def _validate(
+        self, resolved: Resolved | ParleyError
+    ) -> tuple[ChatRequest, Resolved, ToolSelection | None]:
         try:
             request = ChatRequest.model_validate(self.raw)
         except ValidationError as exc:
@@ -165,8 +173,17 @@ class Turn:
             )
         if isinstance(resolved, ParleyError):
             raise resolved
-        resolved.provider.check_options(request.user_settings.text.options)
-        return request, resolved
+        text = request.user_settings.text
+        resolved.provider.check_options(text.options)
+        if not text.tools:
+            return request, resolved, None
+        tools = self.services.tools.select(text.tools)  # unknown_tool: refused before anything is stored
+        if not resolved.provider.supports_tools:
+            raise ValidationFailed(
+                f"The model {resolved.model!r} cannot call tools; send no user_settings.text.tools.",
+                code="tools_not_supported",
+            )
+        return request, resolved, tools
 
     async def _persist_question(self, request: ChatRequest, resolved: Resolved) -> TurnRecord:
         """Store the question; an unknown session (or someone else's) is refused here, in the same
@@ -197,25 +214,62 @@ class Turn:
         )
 
     def _provider_request(
-        self, request: ChatRequest, resolved: Resolved, record: TurnRecord
+        self, request: ChatRequest, resolved: Resolved, record: TurnRecord, tools: ToolSelection | None
     ) -> ProviderRequest:
         text = request.user_settings.text
         if request.user_input.session_id:
-            history = [ChatMessage(m.role, m.content) for m in record.history]
+            # Earlier agentic answers replay their tool steps when this request offers tools, else as text.
+            history = history_messages(record.history, structured=tools is not None)
         else:
             history = [ChatMessage(m.role, join_text(m.content)) for m in request.user_input.chat_history]
         budget = self.services.settings.context_budget_chars
         messages = build_context(text.system_prompt, history, record.prompt, budget)
         return ProviderRequest(
-            resolved.upstream_model, messages, text.temperature, text.max_tokens, text.options
+            resolved.upstream_model,
+            messages,
+            text.temperature,
+            text.max_tokens,
+            text.options,
+            tools=tools.specs if tools else (),
+        )
+
+    def _tool_loop(
+        self,
+        request: ChatRequest,
+        resolved: Resolved,
+        tools: ToolSelection,
+        answer: Answer,
+        record: TurnRecord,
+    ) -> ToolLoop:
+        settings = self.services.settings
+        return ToolLoop(
+            events=self.events,
+            out=self.out,
+            answer=answer,
+            provider=resolved.provider,
+            selection=tools,
+            # The customer is the token's: a tool reaching stored data sees only this customer's sessions.
+            context=ToolContext(self.identity.customer_id, self.services.store.search.messages),
+            max_steps=step_limit(request.user_settings.text.max_steps, settings.max_tool_steps),
+            store=self.services.store,
+            message_id=record.ai_message_id,
+            coalesce_s=settings.coalesce_ms / 1000,
+            attempts=settings.provider_attempts,
+            backoff_s=settings.provider_retry_backoff_s,
         )
 
     async def _stream(
-        self, request: ProviderRequest, resolved: Resolved, answer: Answer, record: TurnRecord
+        self,
+        request: ProviderRequest,
+        resolved: Resolved,
+        answer: Answer,
+        record: TurnRecord,
+        loop: ToolLoop | None = None,
     ) -> TurnStatus | ParleyError:
         if self.cancel_requested:
             return "cancelled"
-        self._stream_task = asyncio.create_task(self._pump(request, resolved, answer))
+        work = self._pump(request, resolved, answer) if loop is None else loop.run(request)
+        self._stream_task = asyncio.create_task(work)
         checkpoints = Checkpointer(
             self.services.store, record.ai_message_id, answer, self.services.settings.checkpoint_interval_s
         )
@@ -226,6 +280,8 @@ class Turn:
             raise
         finally:
             await checkpoints.stop()
+            if loop is not None:
+                await loop.settle()  # its step checkpoints land before the final write
         if self._stream_task.cancelled():
             return "cancelled"
         error = self._stream_task.exception()
@@ -254,7 +310,7 @@ class Turn:
                         events.reasoning(item.text)
                 elif isinstance(item, Usage):
                     answer.add_usage(item)
-                # Tool-call events come only when a request offers tools; turns do not yet (issue 6).
+                # No tool events: a request offering tools runs in a ToolLoop (parley/agent.py) instead.
                 if out.congested:
                     await out.wait_ready()
         except ParleyError:
@@ -267,7 +323,7 @@ class Turn:
             await stream.aclose()
 
     async def _finish(
-        self, record: TurnRecord, answer: Answer, outcome: TurnStatus | ParleyError
+        self, record: TurnRecord, answer: Answer, outcome: TurnStatus | ParleyError, loop: ToolLoop | None
     ) -> TurnStatus:
         status: TurnStatus
         error_code = None
@@ -288,6 +344,7 @@ class Turn:
                 status=status,
                 usage=usage,
                 error_code=error_code,
+                tool_steps=loop.stored() if loop is not None else None,
             )
         except DatabaseFailed as exc:
             log.exception("turn %s: could not store the answer", self.request_id)

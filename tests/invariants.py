@@ -23,6 +23,10 @@ class TurnSummary:
     usage: dict[str, Any] | None = None
     error: Frame | None = None
     kinds: list[str] = field(default_factory=list)
+    tool_uses: list[Frame] = field(default_factory=list)  # toolUse contents: {call_id, name, input}
+    tool_results: list[Frame] = field(
+        default_factory=list
+    )  # toolResult contents: {call_id, output, is_error}
 
 
 def kind_of(frame: Frame, dialect: str = "camel") -> str:
@@ -78,6 +82,8 @@ def check_turn(events: list[Frame], dialect: str = "camel") -> TurnSummary:
             expected = SNAKE_STREAM_ERROR if errors[0]["stage"] == "provider" else "error"
             assert errors[0]["type"] == expected
 
+    _check_tools(summary, events, kinds)
+
     if "dbOperationExecuted" in body:
         assert body.count("dbOperationExecuted") == 1
         assert body[-1] == "dbOperationExecuted", (
@@ -103,8 +109,41 @@ def check_turn(events: list[Frame], dialect: str = "camel") -> TurnSummary:
         assert tail == ["cancelled", "dbOperationExecuted"], f"cancel order wrong: {kinds}"
     elif summary.error is not None and summary.error["stage"] == "provider":
         assert body[-2:] == ["error", "dbOperationExecuted"], f"provider failure order wrong: {kinds}"
+    elif summary.error is not None and summary.error["code"] == "tool_step_limit":
+        assert summary.error["stage"] == "limits"
+        assert body[-2:] == ["error", "dbOperationExecuted"], f"step limit order wrong: {kinds}"
     elif summary.error is not None and summary.error["stage"] in ("database", "internal"):
         assert "dbOperationExecuted" not in body and body[-1] == "error", f"unsaved turn order wrong: {kinds}"
     else:
         assert body == ["working", "error"], f"a refused turn is working, error, complete: {kinds}"
     return summary
+
+
+def _check_tools(summary: TurnSummary, events: list[Frame], kinds: list[str]) -> None:
+    """Tool events: well formed, after ``working`` and before the closing events; every ``toolUse`` has
+    exactly one later ``toolResult`` with its call_id, and every ``toolResult`` answers an open call."""
+    pending: dict[str, int] = {}
+    closing = ("cancelled", "error", "dbOperationExecuted", "fullProcessComplete")
+    closed = False
+    for event, kind in zip(events, kinds, strict=True):
+        closed = closed or kind in closing
+        if kind == "toolUse":
+            content = event["content"]
+            assert set(content) == {"call_id", "name", "input"}, f"toolUse content: {content}"
+            assert isinstance(content["call_id"], str) and isinstance(content["name"], str)
+            assert isinstance(content["input"], dict | str)
+            assert not closed, f"toolUse after the turn's closing events: {kinds}"
+            # Ids are the model's: a later step may reuse one, but never while its call is unanswered.
+            assert pending.get(content["call_id"]) != 1, f"call {content['call_id']} announced twice"
+            pending[content["call_id"]] = 1
+            summary.tool_uses.append(content)
+        elif kind == "toolResult":
+            content = event["content"]
+            assert set(content) == {"call_id", "output", "is_error"}, f"toolResult content: {content}"
+            assert isinstance(content["output"], str) and isinstance(content["is_error"], bool)
+            assert not closed, f"toolResult after the turn's closing events: {kinds}"
+            assert pending.get(content["call_id"]) == 1, f"toolResult without its toolUse: {content}"
+            pending[content["call_id"]] = 2
+            summary.tool_results.append(content)
+    unanswered = [call_id for call_id, state in pending.items() if state == 1]
+    assert not unanswered, f"toolUse without a toolResult: {unanswered}"

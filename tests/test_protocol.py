@@ -59,3 +59,18 @@ def test_snake_events() -> None:
     ]
     assert [f["seq"] for f in frames] == list(range(7))
     assert frames[-1]["status"] == frames[-2]["status"] == "error"
+
+
+def test_spliced_text_frames_equal_encoded_ones() -> None:
+    """``text`` splices its frames from a prefix; they must say what ``_send`` would, for any delta."""
+    spliced: list[str] = []
+    encoded: list[str] = []
+    fast = TurnEmitter("snake", 'r"1\\', spliced.append)
+    slow = TurnEmitter("snake", 'r"1\\', encoded.append)
+    deltas = ["plain", 'quote " and \\ backslash', "line\nbreak\t", "emoji 🎉 and \u2028", ""]
+    for n, delta in enumerate(deltas):
+        if n == 2:
+            fast.session_id = slow.session_id = "s-1"
+        fast.text(delta)
+        slow._send({"type": "text_chunk", "content": delta})
+    assert [json.loads(f) for f in spliced] == [json.loads(f) for f in encoded]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from parley.api.deps import AppRuntime, CurrentCustomer
 from parley.api.errors import ApiError, error_responses
-from parley.api.schemas import SessionOut, Tag, Text, UtcDateTime
+from parley.api.schemas import MAX_STEPS, SessionOut, Tag, Text, ToolStepOut, UtcDateTime
 from parley.api.sessions import session_key
 from parley.store.exchange import (
     ImportedMessage,
@@ -42,6 +42,7 @@ class ExportedMessage(BaseModel):
     usage: dict[str, Any] | None = None
     error_code: Text | None = Field(default=None, max_length=64)
     created_at: UtcDateTime | None = None
+    tool_steps: list[ToolStepOut] | None = Field(default=None, max_length=MAX_STEPS)
 
 
 class ExportedSession(BaseModel):
@@ -86,6 +87,7 @@ def _export_body(export: SessionExport) -> SessionExportBody:
             usage=m.usage,
             error_code=m.error_code,
             created_at=m.created_at,
+            tool_steps=m.tool_steps,
         )
         for m in export.messages
     ]

@@ -48,6 +48,48 @@ Title = Annotated[
 Tag = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable), AfterValidator(_trimmed)]
 
 
+def _storable_json(value: Any) -> Any:
+    """A JSON value whose every string (keys too) is ``_storable``."""
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _storable_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+MAX_STEPS = 100  # PARLEY_MAX_TOOL_STEPS's ceiling: no turn stores more
+
+
+# Tool steps as stored, shown and imported. No length limits on the strings: what a model wrote (a call id,
+# an unknown tool's name) is stored as it came, and an export must always load back.
+class ToolCallOut(BaseModel):
+    id: Text = Field(description="The call's id, as the model gave it")
+    name: Text = Field(description="The tool the model called (an unknown one fails with an error result)")
+    input: JsonObject | Text = Field(
+        description="The arguments: a JSON object, or the model's raw text when it wrote no valid object"
+    )
+
+
+class ToolResultOut(BaseModel):
+    call_id: Text
+    output: Text
+    is_error: bool = Field(description="The call failed (or never ran): the output says why")
+
+
+class ToolStepOut(BaseModel):
+    """One model step of an agentic answer: its text, the tools it called and what they returned."""
+
+    text: Text = Field(description="The text the model wrote in this step (the start of the message content)")
+    calls: list[ToolCallOut]
+    results: list[ToolResultOut] = Field(description="One per call, in the calls' order")
+
+
 class MessageOut(BaseModel):
     id: uuid.UUID
     role: str = Field(description="user or assistant")
@@ -61,6 +103,10 @@ class MessageOut(BaseModel):
     parent_id: uuid.UUID | None
     error_code: str | None
     created_at: datetime
+    tool_steps: list[ToolStepOut] | None = Field(
+        description="An agentic answer's tool steps, oldest first (null when it called no tool); "
+        "content is all the text, the steps' texts first"
+    )
     sibling_ids: list[uuid.UUID] = Field(
         description="This message and its alternatives (same parent), oldest first: the branch switcher"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from parley.errors import ValidationFailed
 from parley.store.tables import Message
@@ -18,8 +19,11 @@ from parley.store.tree import Tree
 
 @dataclass(frozen=True)
 class ContextMessage:
+    """A stored message as a turn's context needs it; an agentic answer's ``tool_steps`` as stored."""
+
     role: str
     content: str
+    tool_steps: Any = None
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,10 @@ def place(
 
 
 def history(tree: Tree, upto: uuid.UUID | None) -> list[ContextMessage]:
-    """The non-empty messages on the path from the root to ``upto``, oldest first."""
+    """The non-empty messages on the path from the root to ``upto``, oldest first (an answer that only
+    called tools is not empty: its calls and results are context)."""
     messages = (tree.nodes[i] for i in tree.path_to(upto))
-    return [ContextMessage(m.role, m.content) for m in messages if m.content]
+    return [ContextMessage(m.role, m.content, m.tool_steps) for m in messages if m.content or m.tool_steps]
 
 
 def _find(tree: Tree, message_id: str, field: str) -> Message:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from typing import Any
 from parley.store.history import History, messages_of, owned, tags_of
 from parley.store.tables import ChatSession, Message, SessionTag, utcnow
 from parley.store.tree import Tree
+
+MARKDOWN_OUTPUT_CHARS = 500  # a tool's output is cut to this in Markdown (the JSON export has it whole)
 
 
 class InvalidImport(ValueError):
@@ -38,6 +41,7 @@ class ImportedMessage:
     usage: dict[str, Any] | None = None
     error_code: str | None = None
     created_at: datetime | None = None
+    tool_steps: list[dict[str, Any]] | None = None  # an agentic answer's steps, as stored
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ def _messages_of(
                 provider=item.provider,
                 usage=item.usage,
                 error_code=item.error_code,
+                tool_steps=item.tool_steps if item.role == "assistant" else None,
                 created_at=created,
                 updated_at=created,
             )
@@ -125,8 +130,36 @@ def markdown(export: SessionExport) -> str:
         message = by_id[message_id]
         who = "User" if message.role == "user" else f"Assistant ({message.model or 'unknown model'})"
         status = "" if message.status == "completed" else f" · {message.status}"
-        lines += ["", f"## {who} · {_when(message.created_at)}{status}", "", message.content]
+        lines += ["", f"## {who} · {_when(message.created_at)}{status}", "", *_body(message)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _body(message: Message) -> list[str]:
+    """The message's text; an agentic answer's tool calls and results are shown after each step's text."""
+    steps = message.tool_steps if isinstance(message.tool_steps, list) else []
+    if not steps:
+        return [message.content]
+    lines: list[str] = []
+    for step in steps:
+        text = str(step.get("text") or "")
+        if text:
+            lines += [text, ""]
+        results = {str(r.get("call_id")): r for r in step.get("results") or []}
+        for call in step.get("calls") or []:
+            result = results.get(str(call.get("id")), {})
+            verdict = "error" if result.get("is_error") else "result"
+            lines.append(
+                f"> **Tool** `{call.get('name')}` `{json.dumps(call.get('input'), ensure_ascii=False)}`"
+            )
+            lines.append(f"> {verdict}: {_one_line(str(result.get('output', '')))[:MARKDOWN_OUTPUT_CHARS]}")
+            lines.append("")
+    prefix = "".join(str(step.get("text") or "") for step in steps)
+    content = message.content
+    if content.startswith(prefix):
+        final = content[len(prefix) :]
+    else:  # content behind the steps (a server stopped mid-turn), or unrelated to them (an import)
+        final = "" if prefix.startswith(content) else content
+    return [*lines, final]
 
 
 def _one_line(text: str) -> str:

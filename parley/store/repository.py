@@ -86,9 +86,16 @@ class Store:
         )
         return await self._write(start, "The message could not be saved; nothing was stored.")
 
-    async def checkpoint(self, ai_message_id: uuid.UUID, content: str, reasoning: str | None) -> None:
-        """Store the answer so far; the row stays ``streaming``."""
-        await self._write(SaveAnswer(ai_message_id, content, reasoning), "The answer could not be saved.")
+    async def checkpoint(
+        self,
+        ai_message_id: uuid.UUID,
+        content: str,
+        reasoning: str | None,
+        tool_steps: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Store the answer so far (and an agentic turn's steps so far); the row stays ``streaming``."""
+        save = SaveAnswer(ai_message_id, content, reasoning, tool_steps)
+        await self._write(save, "The answer could not be saved.")
 
     async def finish_turn(
         self,
@@ -100,9 +107,12 @@ class Store:
         status: str,
         usage: dict[str, Any] | None,
         error_code: str | None,
+        tool_steps: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Store the final answer with its status and usage, and touch the session."""
-        finish = FinishTurn(session_id, ai_message_id, content, reasoning, status, usage, error_code)
+        """Store the final answer with its status, usage and tool steps (if any); touch the session."""
+        finish = FinishTurn(
+            session_id, ai_message_id, content, reasoning, status, usage, error_code, tool_steps
+        )
         await self._write(finish, "The answer could not be saved.")
 
     @property

@@ -86,3 +86,7 @@ class Message(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # An agentic answer's tool steps, oldest first: [{text, calls: [{id, name, input}],
+    # results: [{call_id, output, is_error}]}]; null for an answer that called no tool. ``content`` stays
+    # the whole text sent, the steps' texts first (see parley/agent.py).
+    tool_steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)

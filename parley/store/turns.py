@@ -8,6 +8,9 @@ session, locked, and its messages) and two writes; finishing is two updates.
 Each names its ``lane_key`` (the row it locks first), which keeps writes to one session in one writer
 lane on PostgreSQL. Every function reads before it writes and raises its refusals (``session_not_found``,
 a branch target not in the session) before its first write, as the writer's batches require.
+
+An agentic turn also writes its answer's ``tool_steps`` (JSON) at step checkpoints and at the end; a turn
+without tools runs exactly the statements it ran before and never touches that column.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ClauseElement, Executable, Select
 
 from parley.errors import ValidationFailed
 from parley.store.branches import ContextMessage, Placement, check_branch_request, place
+from parley.store.prepared import Statements
 from parley.store.tables import ChatSession, Message, utcnow
 
 TITLE_CHARS = 80
@@ -38,7 +43,12 @@ LOCK_SESSION = (
     .with_for_update()  # PostgreSQL: turns on one session start one after the other (SQLite: one writer)
 )
 SESSION_TREE = select(
-    _messages.c.id, _messages.c.parent_id, _messages.c.role, _messages.c.content, _messages.c.created_at
+    _messages.c.id,
+    _messages.c.parent_id,
+    _messages.c.role,
+    _messages.c.content,
+    _messages.c.created_at,
+    _messages.c.tool_steps,  # null but for agentic answers: the next turn's context replays their steps
 ).where(_messages.c.session_id == bindparam("sid"))
 MOVE_LEAF = (
     update(_sessions)
@@ -65,6 +75,9 @@ FINISH_ANSWER = (
         updated_at=bindparam("now"),
     )
 )
+# The same with the answer's tool steps: only agentic turns write the column (and pay for its JSON).
+SAVE_TOOL_ANSWER = SAVE_ANSWER.values(tool_steps=bindparam("steps"))
+FINISH_TOOL_ANSWER = FINISH_ANSWER.values(tool_steps=bindparam("steps"))
 
 
 @dataclass(frozen=True)
@@ -108,17 +121,19 @@ class StartTurn:
         now = utcnow()
         if self.session_id is None:
             return self._new_session(conn, now)
-        found = conn.execute(LOCK_SESSION, {"sid": self.session_id, "cid": self.customer_id}).first()
+        locked = _rows(conn, LOCK_SESSION, {"sid": self.session_id, "cid": self.customer_id})
+        found = locked[0] if locked else None
         if found is None:
             raise ValidationFailed(
                 f"Session {str(self.session_id)!r} was not found.", code="session_not_found"
             )
-        # Rows of the columns the tree reads (id, parent_id, role, content, created_at), not ORM objects.
-        rows = cast("Sequence[Message]", conn.execute(SESSION_TREE, {"sid": self.session_id}).all())
+        # Rows of the columns the tree reads (id, parent_id, role, content, created_at, tool_steps), not
+        # ORM objects.
+        rows = cast("Sequence[Message]", _rows(conn, SESSION_TREE, {"sid": self.session_id}))
         where = place(rows, found[0], self.prompt, self.edit_of, self.regenerate)  # may refuse: no write yet
         turn = self._messages(self.session_id, where, (), now)
-        conn.execute(INSERT_MESSAGES, turn)
-        conn.execute(MOVE_LEAF, {"sid": self.session_id, "leaf": turn[-1]["id"], "now": now})
+        _execute_many(conn, INSERT_MESSAGES, turn)
+        _execute(conn, MOVE_LEAF, {"sid": self.session_id, "leaf": turn[-1]["id"], "now": now})
         return self._record(self.session_id, where, turn, new_session=False)
 
     def _new_session(self, conn: Connection, now: datetime) -> TurnRecord:
@@ -133,8 +148,8 @@ class StartTurn:
             "updated_at": now,
             "active_leaf_id": turn[-1]["id"],
         }
-        conn.execute(INSERT_SESSION, session)
-        conn.execute(INSERT_MESSAGES, turn)
+        _execute(conn, INSERT_SESSION, session)
+        _execute_many(conn, INSERT_MESSAGES, turn)
         return self._record(session_id, where, turn, new_session=True)
 
     def _messages(
@@ -182,11 +197,12 @@ class StartTurn:
 
 @dataclass(frozen=True)
 class SaveAnswer:
-    """A checkpoint: the answer so far; the row stays ``streaming``."""
+    """A checkpoint: the answer so far (and an agentic turn's steps so far); the row stays ``streaming``."""
 
     message_id: uuid.UUID
     content: str
     reasoning: str | None
+    tool_steps: list[dict[str, Any]] | None = None  # None leaves the column as it is
 
     @property
     def lane_key(self) -> uuid.UUID:
@@ -194,7 +210,10 @@ class SaveAnswer:
 
     def __call__(self, conn: Connection) -> None:
         params = {"mid": self.message_id, "content": self.content, "reasoning": self.reasoning}
-        conn.execute(SAVE_ANSWER, {**params, "now": utcnow()})
+        if self.tool_steps is None:
+            _execute(conn, SAVE_ANSWER, {**params, "now": utcnow()})
+        else:
+            _execute(conn, SAVE_TOOL_ANSWER, {**params, "steps": self.tool_steps, "now": utcnow()})
 
 
 @dataclass(frozen=True)
@@ -208,6 +227,7 @@ class FinishTurn:
     status: str
     usage: dict[str, Any] | None
     error_code: str | None
+    tool_steps: list[dict[str, Any]] | None = None  # an agentic turn's steps; None leaves the column be
 
     @property
     def lane_key(self) -> uuid.UUID:
@@ -217,8 +237,39 @@ class FinishTurn:
         now = utcnow()
         answer = {"mid": self.message_id, "content": self.content, "reasoning": self.reasoning}
         final = {"status": self.status, "usage": self.usage, "error_code": self.error_code}
-        conn.execute(FINISH_ANSWER, {**answer, **final, "now": now})
-        conn.execute(TOUCH_SESSION, {"sid": self.session_id, "now": now})
+        if self.tool_steps is None:
+            _execute(conn, FINISH_ANSWER, {**answer, **final, "now": now})
+        else:
+            _execute(conn, FINISH_TOOL_ANSWER, {**answer, **final, "steps": self.tool_steps, "now": now})
+        _execute(conn, TOUCH_SESSION, {"sid": self.session_id, "now": now})
+
+
+# The SQLite writer thread's statements, prepared once (see prepared.py); other drivers use ``execute``.
+_PREPARED = Statements()
+
+
+def _fast(conn: Connection) -> bool:
+    return conn.dialect.driver == "pysqlite"
+
+
+def _rows(conn: Connection, statement: Select[Any], params: dict[str, Any]) -> Sequence[Any]:
+    if _fast(conn):
+        return _PREPARED.rows(conn, statement, params)
+    return conn.execute(statement, params).all()
+
+
+def _execute(conn: Connection, statement: Executable, params: dict[str, Any]) -> None:
+    if _fast(conn):
+        _PREPARED.execute(conn, cast("ClauseElement", statement), params)
+    else:
+        conn.execute(statement, params)
+
+
+def _execute_many(conn: Connection, statement: Executable, rows: list[dict[str, Any]]) -> None:
+    if _fast(conn):
+        _PREPARED.executemany(conn, cast("ClauseElement", statement), rows)
+    else:
+        conn.execute(statement, rows)
 
 
 def title_from(prompt: str) -> str:
