@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.servers import pinned_to
 
-RATE_HZ = 250
+RATE_HZ = 50  # py-spy shares the generator's core: at 250 Hz it slowed the generator enough to skew latencies
 TOP = 15
 PROFILE_DIR = "profiles"  # beside report.md: the raw stacks, one file per profiled case
 FINISH_SLACK_S = 30.0  # py-spy stops by itself after --duration; this only guards against a hung one

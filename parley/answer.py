@@ -1,5 +1,5 @@
 """The answer as it streams: what was sent (exactly the deltas, invariant 11), how text deltas are sent,
-and the checkpoints that save it about once a second — never per token."""
+and the checkpoints that save it every few seconds (``PARLEY_CHECKPOINT_INTERVAL_S``) — never per token."""
 
 from __future__ import annotations
 

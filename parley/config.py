@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     send_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     send_stall_timeout_s: float = Field(default=10.0, gt=0)
     coalesce_ms: float = Field(default=0, ge=0, le=1000)
-    checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    # Each streaming answer is saved this often. One second cost the 1,000-paced-streams benchmark half its
+    # throughput (1,000 checkpoint writes a second; gap p99 405 ms); five seconds: gap p99 73 ms.
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)
     provider_attempts: int = Field(default=3, ge=1, le=10)
     provider_retry_backoff_s: float = Field(default=0.25, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)

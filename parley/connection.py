@@ -58,8 +58,10 @@ class Outbox:
     """
 
     __slots__ = (
+        "_busy",
         "_direct",
         "_drained",
+        "_flushed",
         "_high",
         "_limit",
         "_on_detach",
@@ -67,6 +69,7 @@ class Outbox:
         "_send",
         "_size",
         "_stall_timeout",
+        "_wakeup",
         "_writer",
         "congested",
         "detached",
@@ -88,6 +91,9 @@ class Outbox:
         self._queue: list[str] = []
         self._size = 0
         self._writer: asyncio.Task[None] | None = None
+        self._busy = False  # a turn is running: the writer waits for its next event instead of ending
+        self._wakeup: asyncio.Future[None] | None = None  # the waiting writer's
+        self._flushed: asyncio.Future[None] | None = None  # made by ``flush``, kept by the writer
         self._drained: asyncio.Future[None] | None = None  # made by a turn that waits for the client
         self.congested = False
         self.detached = False
@@ -104,6 +110,15 @@ class Outbox:
                 return
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name="parley-outbox")
+        else:
+            self._wake()
+
+    def hold(self, busy: bool) -> None:
+        """While a turn runs (``busy``) the writer stays and waits for its events; a task per event
+        would cost more than the wait. When the turn ends, the writer finishes the queue and ends."""
+        self._busy = busy
+        if not busy:
+            self._wake()
 
     async def wait_ready(self) -> None:
         """Wait for the client to catch up; give up on it after the stall timeout."""
@@ -134,8 +149,14 @@ class Outbox:
 
     async def flush(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) until everything queued has been handed to the socket."""
-        if self._writer is not None:
-            await asyncio.wait({self._writer}, timeout=timeout_s)
+        if self._writer is None or self.detached:
+            return
+        if self._flushed is None:
+            self._flushed = asyncio.get_running_loop().create_future()
+        self._wake()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._flushed)
 
     async def close(self) -> None:
         writer = self._writer
@@ -151,26 +172,24 @@ class Outbox:
                 self._drained.set_result(None)
             self._drained = None
 
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
     async def _write_loop(self) -> None:
-        send, direct = self._send, self._direct
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                if direct is not None:
-                    await direct.send_all(batch)
-                    self._size -= sum(map(len, batch))
-                    if self.congested and self._size <= self._high // 2:
-                        self._release()
-                    await asyncio.sleep(0)
+            while True:
+                if self._queue:
+                    await self._send_batch()
                     continue
-                for data in batch:
-                    await send({"type": "websocket.send", "text": data})
-                    self._size -= len(data)
-                    if self.congested and self._size <= self._high // 2:
-                        self._release()
-                # An unpaced turn pushes its next event within a loop cycle or two: stay for it rather
-                # than start a new task per event.
-                await asyncio.sleep(0)
+                if self._flushed is not None:  # everything queued is on the socket
+                    self._flushed.set_result(None)
+                    self._flushed = None
+                if not self._busy:
+                    return
+                self._wakeup = asyncio.get_running_loop().create_future()
+                await self._wakeup
+                self._wakeup = None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket went away under us: a detach, not an error
@@ -179,6 +198,21 @@ class Outbox:
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
+            if self._flushed is not None and not self._flushed.done():
+                self._flushed.set_result(None)  # nothing more will be sent: nobody waits in vain
+            self._flushed = None
+
+    async def _send_batch(self) -> None:
+        batch, self._queue = self._queue, []
+        if self._direct is not None:
+            await self._direct.send_all(batch)
+            self._size -= sum(map(len, batch))
+        else:
+            for data in batch:
+                await self._send({"type": "websocket.send", "text": data})
+                self._size -= len(data)
+        if self.congested and self._size <= self._high // 2:
+            self._release()
 
 
 class DirectSend:
@@ -392,6 +426,13 @@ class Connection:
 
     async def _work(self) -> None:
         """Run waiting turns in order. Owned by the supervisor, so turns finish after a disconnect."""
+        self.outbox.hold(True)
+        try:
+            await self._run_waiting()
+        finally:
+            self.outbox.hold(False)
+
+    async def _run_waiting(self) -> None:
         while self.waiting:
             turn = self.current = self.waiting.pop(0)
             if not self.supervisor.accepting:

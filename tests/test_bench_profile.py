@@ -172,7 +172,7 @@ def test_profile_setup_empties_old_profiles_and_goes_on_without_py_spy(
     setup, meta = profile_setup(tmp_path, {1})
     assert setup is not None
     assert setup.cores == {1}
-    assert meta == {"py_spy": "py-spy 0.4.3", "rate_hz": 250, "cores": [1]}
+    assert meta == {"py_spy": "py-spy 0.4.3", "rate_hz": 50, "cores": [1]}
     assert not old.exists()
 
     monkeypatch.setattr("bench.run.find_py_spy", lambda: None)

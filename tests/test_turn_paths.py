@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import func, select
 
 from parley.store.tables import ChatSession, Message
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, live_server, make_settings
 from tests.invariants import Frame, TurnSummary, check_turn, kind_of
 from tests.wsclient import ChatClient, chat_frame
 
@@ -557,8 +558,14 @@ async def test_disconnect_mid_stream_is_a_detach(server: LiveServer, how: str) -
     assert stored[1].usage is not None and stored[1].usage["output_tokens"] == 30
 
 
-async def test_streaming_row_and_checkpoint(sqlite_server: LiveServer) -> None:
-    server = sqlite_server
+@pytest.fixture
+async def checkpoint_each_second(tmp_path: Path) -> AsyncIterator[LiveServer]:
+    async with live_server(make_settings(tmp_path, checkpoint_interval_s=1.0)) as live:
+        yield live
+
+
+async def test_streaming_row_and_checkpoint(checkpoint_each_second: LiveServer) -> None:
+    server = checkpoint_each_second
     loop = asyncio.get_running_loop()
     answer = "".join(chr(ord("A") + i % 26) for i in range(60))
     async with await server.client() as client:
