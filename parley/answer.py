@@ -51,8 +51,16 @@ class TextSender:
         self._pending: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._last_sent = -window_s
+        self._closed = False
+
+    def close(self) -> None:
+        """Send what is pending, then nothing more: what was sent is the answer (a cancel's cut)."""
+        self.flush()
+        self._closed = True
 
     def add(self, text: str) -> None:
+        if self._closed:
+            return
         if self._window <= 0:
             self._send(text)
             return
@@ -66,6 +74,8 @@ class TextSender:
             self._timer = asyncio.get_running_loop().call_at(self._last_sent + self._window, self.flush)
 
     def flush(self) -> None:
+        if self._closed:
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -91,12 +91,26 @@ class Turn:
         self.events = TurnEmitter(dialect, self.request_id, out.push)
         self.cancel_requested = False
         self._stream_task: asyncio.Task[None] | None = None
+        self._text: TextSender | None = None  # a plain turn's, while it streams
+        self._cancel_sent = False
 
     def cancel(self) -> None:
-        """Stop streaming now; before streaming starts, stop it from starting. After it, no effect."""
+        """Stop streaming now; before streaming starts, stop it from starting. After it, no effect.
+
+        A plain turn that is streaming says ``cancelled`` here and now, from the reader's task: its text
+        is cut at what was sent (nothing more gets out), so the client need not wait for the stream task
+        to wind down, which under load is a few turns of a busy event loop later. A tool-using turn first
+        answers its open calls, so its ``cancelled`` comes from ``_finish``.
+        """
         self.cancel_requested = True
-        if self._stream_task is not None:
-            self._stream_task.cancel()
+        task = self._stream_task
+        if task is None or task.done():
+            return
+        task.cancel()
+        if self._text is not None and not self.events.complete:
+            self._text.close()
+            self.events.cancelled()
+            self._cancel_sent = True
 
     def refuse(self, error: ParleyError) -> None:
         """End a turn that will not run (queue full, server shutting down) with its full bracket."""
@@ -282,7 +296,7 @@ class Turn:
             await checkpoints.stop()
             if loop is not None:
                 await loop.settle()  # its step checkpoints land before the final write
-        if self._stream_task.cancelled():
+        if self._stream_task.cancelled() or self._cancel_sent:
             return "cancelled"
         error = self._stream_task.exception()
         if error is None:
@@ -293,7 +307,7 @@ class Turn:
         """Provider events → client events. The hot path: no database, no logging, no needless awaits."""
         events, out = self.events, self.out
         settings = self.services.settings
-        text = TextSender(events.text, answer, settings.coalesce_ms / 1000)
+        text = self._text = TextSender(events.text, answer, settings.coalesce_ms / 1000)
         stream = stream_with_retries(
             resolved.provider, request, settings.provider_attempts, settings.provider_retry_backoff_s
         )
@@ -332,7 +346,7 @@ class Turn:
             self.events.error(outcome.stage, outcome.code, outcome.message)
         else:
             status = outcome
-            if status == "cancelled":
+            if status == "cancelled" and not self._cancel_sent:
                 self.events.cancelled()
         usage = dict(answer.usage) or None
         try:
