@@ -67,6 +67,7 @@ class Outbox:
         "_on_detach",
         "_queue",
         "_send",
+        "_sending",
         "_size",
         "_stall_timeout",
         "_wakeup",
@@ -91,6 +92,7 @@ class Outbox:
         self._queue: list[str] = []
         self._size = 0
         self._writer: asyncio.Task[None] | None = None
+        self._sending = False  # the writer has a batch on its way to the socket
         self._busy = False  # a turn is running: the writer waits for its next event instead of ending
         self._wakeup: asyncio.Future[None] | None = None  # the waiting writer's
         self._flushed: asyncio.Future[None] | None = None  # made by ``flush``, kept by the writer
@@ -112,6 +114,26 @@ class Outbox:
             self._writer = asyncio.create_task(self._write_loop(), name="parley-outbox")
         else:
             self._wake()
+
+    def push_now(self, data: str) -> None:
+        """Push, and write the queue to the socket now rather than at the writer's next turn of the loop.
+
+        For the frames a user waits on (``working``, the first ``text``, ``cancelled``): under load the
+        writer's turn comes a full cycle of a busy event loop later. Only where nothing can overtake: the
+        direct path, a socket that takes bytes, and no batch of the writer's on its way out.
+        """
+        direct = self._direct
+        if direct is None or self._sending or self.congested or self.detached or not direct.ready():
+            self.push(data)
+            return
+        batch, self._queue = self._queue, []
+        batch.append(data)
+        self._size -= sum(map(len, batch)) - len(data)
+        try:
+            direct.write(batch)
+        except Exception as exc:  # the socket went away under us: a detach, as in the writer
+            log.debug("send failed: %r", exc)
+            self.detach("send failed")
 
     def hold(self, busy: bool) -> None:
         """While a turn runs (``busy``) the writer stays and waits for its events; a task per event
@@ -205,7 +227,11 @@ class Outbox:
     async def _send_batch(self) -> None:
         batch, self._queue = self._queue, []
         if self._direct is not None:
-            await self._direct.send_all(batch)
+            self._sending = True  # the batch may wait for the socket: ``push_now`` must not overtake it
+            try:
+                await self._direct.send_all(batch)
+            finally:
+                self._sending = False
             self._size -= sum(map(len, batch))
         else:
             for data in batch:
@@ -248,10 +274,19 @@ class DirectSend:
         )
         return cls(proto) if usable else None
 
+    def ready(self) -> bool:
+        """The socket takes bytes now (its buffer is not full) and the WebSocket is open."""
+        proto = self._proto
+        return proto.writable.is_set() and not (proto.disconnected or proto.close_sent)
+
     async def send_all(self, frames: list[str]) -> None:
         proto = self._proto
         if not proto.writable.is_set():
             await proto.writable.wait()  # the kernel buffer is full: wait as uvicorn's send would
+        self.write(frames)
+
+    def write(self, frames: list[str]) -> None:
+        proto = self._proto
         if proto.disconnected or proto.close_sent:
             raise ConnectionError("the WebSocket is closed")
         conn = proto.conn

@@ -195,29 +195,39 @@ class TurnEmitter:
     ``seq`` counts wire frames, so the snake dialect's two closing frames get two numbers.
     """
 
-    def __init__(self, dialect: Dialect, request_id: str, sink: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        dialect: Dialect,
+        request_id: str,
+        sink: Callable[[str], None],
+        urgent: Callable[[str], None] | None = None,
+    ) -> None:
         self.dialect = dialect
         self.request_id = request_id
         self.session_id: str | None = None
         self.seq = 0
         self.complete = False
         self._sink = sink
+        # ``working``, the first ``text`` and ``cancelled`` go out through ``urgent`` (on the socket now,
+        # not at the writer's next turn): they are the moments a user waits for.
+        self._urgent = urgent or sink
+        self._first_text = True
         self._text_name = wire_name(dialect, Event.TEXT)
         self._text_prefix: str | None = None
         self._text_session: str | None = None
         self._reasoning_name = wire_name(dialect, Event.REASONING)
 
-    def _send(self, frame: dict[str, Any]) -> None:
+    def _send(self, frame: dict[str, Any], urgent: bool = False) -> None:
         frame["request_id"] = self.request_id
         frame["seq"] = self.seq
         if self.session_id is not None:
             frame["session_id"] = self.session_id
         self.seq += 1
-        self._sink(encode(frame))
+        (self._urgent if urgent else self._sink)(encode(frame))
 
     def working(self, request_type: str, model: str | None, provider: str | None) -> None:
         content = {"request_type": request_type, "model": model, "provider": provider}
-        self._send({"type": wire_name(self.dialect, Event.WORKING), "content": content})
+        self._send({"type": wire_name(self.dialect, Event.WORKING), "content": content}, urgent=True)
 
     def text(self, delta: str) -> None:
         """The hot path: one frame per delta, so the frame is spliced from a prefix made once per turn
@@ -229,7 +239,12 @@ class TurnEmitter:
             self._text_session = self.session_id
         seq = self.seq
         self.seq = seq + 1
-        self._sink(f'{prefix}{seq},"content":{orjson.dumps(delta).decode()}}}')
+        frame = f'{prefix}{seq},"content":{orjson.dumps(delta).decode()}}}'
+        if self._first_text:
+            self._first_text = False
+            self._urgent(frame)
+        else:
+            self._sink(frame)
 
     def _frame_prefix(self, name: str) -> str:
         head = {"type": name, "request_id": self.request_id}
@@ -249,7 +264,7 @@ class TurnEmitter:
         self._send({"type": wire_name(self.dialect, Event.TOOL_RESULT), "content": content})
 
     def cancelled(self) -> None:
-        self._send({"type": wire_name(self.dialect, Event.CANCELLED), "content": CANCELLED_TEXT})
+        self._send({"type": wire_name(self.dialect, Event.CANCELLED), "content": CANCELLED_TEXT}, urgent=True)
 
     def error(self, stage: str, code: str, message: str) -> None:
         name = wire_name(self.dialect, Event.ERROR)

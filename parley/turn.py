@@ -55,6 +55,10 @@ class Channel(Protocol):
 
     def push(self, data: str) -> None: ...
 
+    def push_now(self, data: str) -> None:
+        """``push``, and onto the socket at once where nothing stands before it (see ``Outbox``)."""
+        ...
+
     async def wait_ready(self) -> None: ...
 
 
@@ -88,7 +92,7 @@ class Turn:
         self.services = services
         self.out = out
         self.request_id = request_id_of(raw)
-        self.events = TurnEmitter(dialect, self.request_id, out.push)
+        self.events = TurnEmitter(dialect, self.request_id, out.push, out.push_now)
         self.cancel_requested = False
         self._stream_task: asyncio.Task[None] | None = None
         self._text: TextSender | None = None  # a plain turn's, while it streams

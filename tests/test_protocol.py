@@ -74,3 +74,23 @@ def test_spliced_text_frames_equal_encoded_ones() -> None:
         fast.text(delta)
         slow._send({"type": "text_chunk", "content": delta})
     assert [json.loads(f) for f in spliced] == [json.loads(f) for f in encoded]
+
+
+def test_the_moments_a_user_waits_for_go_through_the_urgent_sink() -> None:
+    """``working``, the first ``text`` and ``cancelled`` are written at once (``Outbox.push_now``); the
+    rest queue for the writer. One numbering across both sinks."""
+    routine: list[str] = []
+    urgent: list[str] = []
+    emitter = TurnEmitter("camel", "r1", routine.append, urgent.append)
+    emitter.working("text", "demo", "demo")
+    emitter.session_id = "s1"
+    emitter.text("a")
+    emitter.text("b")
+    emitter.text("c")
+    emitter.cancelled()
+    emitter.db_operation("u1", "a1", "cancelled", None)
+    emitter.complete_turn("cancelled")
+    kinds = [(json.loads(f)["type"], json.loads(f)["seq"]) for f in urgent]
+    assert kinds == [("working", 0), ("text", 1), ("cancelled", 4)]
+    assert [json.loads(f)["seq"] for f in routine] == [2, 3, 5, 6]
+    assert [json.loads(f).get("content") for f in routine[:2]] == ["b", "c"]
