@@ -49,8 +49,13 @@ def idle_check_interval(idle_timeout_s: float) -> float:
 
 
 class Outbox:
-    """Encoded events waiting for the socket, drained by a writer task that runs only while there is
-    something to send: an idle connection holds no task and no event objects, only this queue.
+    """Encoded events on their way to the socket.
+
+    Frames pushed during one turn of the event loop go out together at its next turn, in one socket
+    write, from a callback: no task step and no future per frame, which at 100 unpaced streams was a
+    second task wake-up for every delta. Only when the socket's buffer is full (or the server is not
+    uvicorn's sans-I/O protocol, see ``DirectSend``) does a writer task wait for it; it ends when the
+    queue is empty. An idle connection holds no task, no callback and no event objects, only this queue.
 
     Above the high-water mark a turn waits (``congested``); a client that stays stalled past the timeout,
     or lets the buffer pass its limit, is dropped (``on_detach``). Its turn carries on: a disconnect is a
@@ -58,19 +63,18 @@ class Outbox:
     """
 
     __slots__ = (
-        "_busy",
         "_direct",
         "_drained",
         "_flushed",
         "_high",
         "_limit",
+        "_loop",
         "_on_detach",
         "_queue",
+        "_scheduled",
         "_send",
-        "_sending",
         "_size",
         "_stall_timeout",
-        "_wakeup",
         "_writer",
         "congested",
         "detached",
@@ -85,17 +89,18 @@ class Outbox:
     ) -> None:
         self._send = websocket.send
         self._direct = DirectSend.of(websocket)
+        self._loop = asyncio.get_running_loop()
         self._limit = limit_bytes
         self._high = min(HIGH_WATER_BYTES, limit_bytes // 2)
         self._stall_timeout = stall_timeout_s
         self._on_detach = on_detach
         self._queue: list[str] = []
         self._size = 0
-        self._writer: asyncio.Task[None] | None = None
-        self._sending = False  # the writer has a batch on its way to the socket
-        self._busy = False  # a turn is running: the writer waits for its next event instead of ending
-        self._wakeup: asyncio.Future[None] | None = None  # the waiting writer's
-        self._flushed: asyncio.Future[None] | None = None  # made by ``flush``, kept by the writer
+        self._scheduled = False  # a ``_write_soon`` callback is on the loop
+        self._writer: asyncio.Task[None] | None = None  # only while waiting for the socket
+        self._flushed: asyncio.Future[None] | None = (
+            None  # made by ``flush``, kept by whoever empties the queue
+        )
         self._drained: asyncio.Future[None] | None = None  # made by a turn that waits for the client
         self.congested = False
         self.detached = False
@@ -110,44 +115,37 @@ class Outbox:
             if self._size > self._limit:
                 self.detach("client too slow: send buffer full")
                 return
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_loop(), name="parley-outbox")
-        else:
-            self._wake()
+        if not self._scheduled and self._writer is None:  # a running writer takes it with the rest
+            self._scheduled = True
+            self._loop.call_soon(self._write_soon)
 
     def push_now(self, data: str) -> None:
-        """Push, and write the queue to the socket now rather than at the writer's next turn of the loop.
+        """Push, and write the queue to the socket now rather than at the loop's next turn.
 
         For the frames a user waits on (``working``, the first ``text``, ``cancelled``): under load the
-        writer's turn comes a full cycle of a busy event loop later. Only where nothing can overtake: the
-        direct path, a socket that takes bytes, and no batch of the writer's on its way out.
+        next turn of a busy event loop is a millisecond or more away. Only where nothing can overtake:
+        the direct path, a socket that takes bytes, and no writer with a batch on its way.
         """
         direct = self._direct
-        if direct is None or self._sending or self.congested or self.detached or not direct.ready():
+        if (
+            direct is None
+            or self._writer is not None
+            or self.congested
+            or self.detached
+            or not direct.ready()
+        ):
             self.push(data)
             return
-        batch, self._queue = self._queue, []
-        batch.append(data)
-        self._size -= sum(map(len, batch)) - len(data)
-        try:
-            direct.write(batch)
-        except Exception as exc:  # the socket went away under us: a detach, as in the writer
-            log.debug("send failed: %r", exc)
-            self.detach("send failed")
-
-    def hold(self, busy: bool) -> None:
-        """While a turn runs (``busy``) the writer stays and waits for its events; a task per event
-        would cost more than the wait. When the turn ends, the writer finishes the queue and ends."""
-        self._busy = busy
-        if not busy:
-            self._wake()
+        self._queue.append(data)
+        self._size += len(data)
+        self._write_now(direct)
 
     async def wait_ready(self) -> None:
         """Wait for the client to catch up; give up on it after the stall timeout."""
         if not self.congested:
             return
         if self._drained is None:
-            self._drained = asyncio.get_running_loop().create_future()
+            self._drained = self._loop.create_future()
         try:
             async with asyncio.timeout(self._stall_timeout):
                 await asyncio.shield(self._drained)
@@ -164,6 +162,7 @@ class Outbox:
         self._queue.clear()
         self._size = 0
         self._release()
+        self._settle_flush()  # nothing more will be sent: nobody waits in vain
         if self._writer is not None:
             self._writer.cancel()  # safe: it is either between frames or waiting for the socket
         if abort and self._on_detach is not None:
@@ -171,11 +170,10 @@ class Outbox:
 
     async def flush(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) until everything queued has been handed to the socket."""
-        if self._writer is None or self.detached:
+        if self.detached or (not self._queue and self._writer is None):
             return
         if self._flushed is None:
-            self._flushed = asyncio.get_running_loop().create_future()
-        self._wake()
+            self._flushed = self._loop.create_future()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await asyncio.shield(self._flushed)
@@ -187,6 +185,30 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
+    def _write_soon(self) -> None:
+        """What the loop's last turn pushed, in one write; a writer task if the socket cannot take it."""
+        self._scheduled = False
+        if self.detached or self._writer is not None or not self._queue:
+            return
+        direct = self._direct
+        if direct is not None and direct.ready():
+            self._write_now(direct)
+        else:
+            self._writer = self._loop.create_task(self._write_loop(), name="parley-outbox")
+
+    def _write_now(self, direct: DirectSend) -> None:
+        batch, self._queue = self._queue, []
+        self._size = 0
+        try:
+            direct.write(batch)
+        except Exception as exc:  # the socket went away under us: a detach, not an error
+            log.debug("send failed: %r", exc)
+            self.detach("send failed")
+            return
+        if self.congested:
+            self._release()
+        self._settle_flush()
+
     def _release(self) -> None:
         self.congested = False
         if self._drained is not None:
@@ -194,24 +216,16 @@ class Outbox:
                 self._drained.set_result(None)
             self._drained = None
 
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+    def _settle_flush(self) -> None:
+        if self._flushed is not None:
+            if not self._flushed.done():
+                self._flushed.set_result(None)
+            self._flushed = None
 
     async def _write_loop(self) -> None:
         try:
-            while True:
-                if self._queue:
-                    await self._send_batch()
-                    continue
-                if self._flushed is not None:  # everything queued is on the socket
-                    self._flushed.set_result(None)
-                    self._flushed = None
-                if not self._busy:
-                    return
-                self._wakeup = asyncio.get_running_loop().create_future()
-                await self._wakeup
-                self._wakeup = None
+            while self._queue:
+                await self._send_batch()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket went away under us: a detach, not an error
@@ -220,18 +234,13 @@ class Outbox:
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
-            if self._flushed is not None and not self._flushed.done():
-                self._flushed.set_result(None)  # nothing more will be sent: nobody waits in vain
-            self._flushed = None
+            if not self._queue:
+                self._settle_flush()
 
     async def _send_batch(self) -> None:
         batch, self._queue = self._queue, []
         if self._direct is not None:
-            self._sending = True  # the batch may wait for the socket: ``push_now`` must not overtake it
-            try:
-                await self._direct.send_all(batch)
-            finally:
-                self._sending = False
+            await self._direct.send_all(batch)
             self._size -= sum(map(len, batch))
         else:
             for data in batch:
@@ -461,13 +470,6 @@ class Connection:
 
     async def _work(self) -> None:
         """Run waiting turns in order. Owned by the supervisor, so turns finish after a disconnect."""
-        self.outbox.hold(True)
-        try:
-            await self._run_waiting()
-        finally:
-            self.outbox.hold(False)
-
-    async def _run_waiting(self) -> None:
         while self.waiting:
             turn = self.current = self.waiting.pop(0)
             if not self.supervisor.accepting:

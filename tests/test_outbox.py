@@ -1,4 +1,5 @@
-"""The outbox's urgent path (``push_now``): frames go out at once, and never ahead of frames pushed before.
+"""The outbox: frames pushed in one turn of the loop go out in one write from a callback, a writer task
+only waits for a full socket, and the urgent path (``push_now``) never overtakes what was pushed before.
 
 Against a stand-in for uvicorn's websockets protocol with exactly the attributes ``DirectSend`` checks, so
 the order of bytes handed to the transport is visible write by write.
@@ -63,6 +64,36 @@ def outbox_on(proto: FakeProtocol, limit: int = 1 << 20) -> Outbox:
     return outbox
 
 
+async def test_frames_of_one_loop_turn_go_out_in_one_write_without_a_task() -> None:
+    proto = FakeProtocol()
+    outbox = outbox_on(proto)
+    for frame in "abc":
+        outbox.push(frame)
+    assert proto.transport.writes == []  # nothing yet: the write is the loop's next turn
+    await asyncio.sleep(0)
+    assert proto.transport.writes == [b"a|b|c|"]
+    assert outbox._writer is None  # no task was needed
+    await asyncio.sleep(0)
+    assert proto.transport.writes == [b"a|b|c|"]  # and nothing scheduled again for an empty queue
+    await outbox.close()
+
+
+async def test_a_full_socket_gets_a_writer_task_that_ends_with_the_queue() -> None:
+    proto = FakeProtocol()
+    outbox = outbox_on(proto)
+    proto.writable.clear()
+    outbox.push("x")
+    await asyncio.sleep(0)
+    assert outbox._writer is not None and proto.transport.writes == []
+    outbox.push("y")  # the waiting writer takes it with the rest
+    proto.writable.set()
+    await outbox.flush(1.0)
+    assert proto.frames() == ["x", "y"]
+    await asyncio.sleep(0)
+    assert outbox._writer is None
+    await outbox.close()
+
+
 async def test_push_now_writes_at_once_with_what_was_queued_first() -> None:
     proto = FakeProtocol()
     outbox = outbox_on(proto)
@@ -80,7 +111,6 @@ async def test_push_now_writes_at_once_with_what_was_queued_first() -> None:
 async def test_push_now_never_overtakes_a_batch_waiting_for_the_socket() -> None:
     proto = FakeProtocol()
     outbox = outbox_on(proto)
-    outbox.hold(True)
     proto.writable.clear()  # the kernel buffer is full: the writer's batch waits
     outbox.push("1")
     outbox.push("2")
@@ -91,7 +121,6 @@ async def test_push_now_never_overtakes_a_batch_waiting_for_the_socket() -> None
     outbox.push_now("4")  # the writer still holds its batch: this queues behind it as well
     await outbox.flush(1.0)
     assert proto.frames() == ["1", "2", "3", "4"]
-    outbox.hold(False)
     await outbox.close()
 
 

@@ -6,6 +6,10 @@ then wakes the waiting turns. Under load that is one BEGIN/COMMIT (and on SQLite
 instead of per write; the profiles behind this are in bench/results/report.md.
 
 - SQLite, which takes one writer at a time anyway: a thread holding one connection, ``BEGIN IMMEDIATE``.
+  Its commits never checkpoint the WAL themselves (SQLite's automatic checkpoint would copy pages into
+  the database file inside whichever commit crosses 1,000 pages, a batch of several milliseconds every
+  second under load, which every turn queued behind it waits for): a second thread does, on its own
+  connection, with PASSIVE checkpoints that never block the writer.
 - PostgreSQL (and an in-memory SQLite, which a second connection could not see): an asyncio task running
   each batch on one pooled connection through ``AsyncConnection.run_sync``. Writes to one session queue
   behind each other in order; a REST edit holding a session's row lock makes the batch wait for it.
@@ -39,6 +43,7 @@ T = TypeVar("T")
 Write = Callable[[Connection], T]
 MAX_BATCH = 64
 LANES = 4  # PostgreSQL: batches in flight at once (of the pool's 20 connections)
+CHECKPOINT_EVERY_S = 0.5  # SQLite: at most one WAL checkpoint this often, and only after writes
 
 __all__ = ["SqliteWriter", "TaskWriter", "Writer", "run_batch", "writer_for"]
 
@@ -76,6 +81,7 @@ class SqliteWriter:
         event.listen(self._engine, "begin", _begin_immediate)
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._wal = WalCheckpointer(self._engine)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -90,6 +96,7 @@ class SqliteWriter:
             self._loop = asyncio.get_running_loop()
             self._thread = threading.Thread(target=self._serve, name="parley-sqlite-writer", daemon=True)
             self._thread.start()
+            self._wal.start()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put((write, future))
         # A cancelled caller cancels only its future: the write is queued and happens, whole, regardless.
@@ -101,6 +108,7 @@ class SqliteWriter:
         if self._thread is not None:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._wal.stop)  # a last checkpoint, then its connection closes
         self._engine.dispose()
 
     # -- the writer thread -------------------------------------------------------------------------
@@ -117,6 +125,7 @@ class SqliteWriter:
                         self._settle([(job, exc, False) for job in batch])
                     else:
                         self._settle(run_batch(conn, batch))
+                        self._wal.written()
                 if stop:
                     return
         finally:
@@ -142,6 +151,65 @@ class SqliteWriter:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
             self._loop.call_soon_threadsafe(_resolve, outcomes)
+
+
+class WalCheckpointer:
+    """Checkpoints the SQLite writer's WAL from a thread of its own, at most every ``every_s`` and only
+    after writes. PASSIVE: it copies what no reader still needs and never waits for, or blocks, the writer
+    (SQLite restarts the WAL from its start once a checkpoint has caught up), so the WAL stays small
+    without any commit paying for it. ``stop`` runs a last, complete checkpoint."""
+
+    def __init__(self, engine: Engine, every_s: float = CHECKPOINT_EVERY_S) -> None:
+        self._engine = engine
+        self._every = every_s
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.checkpoints = 0  # completed, for tests
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="parley-sqlite-wal", daemon=True)
+            self._thread.start()
+
+    def written(self) -> None:
+        self._dirty.set()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stopping.set()
+        self._dirty.set()
+        self._thread.join()
+        self._thread = None
+
+    def _serve(self) -> None:
+        try:
+            # The driver's connection, outside any transaction (a SQLAlchemy Connection would begin
+            # one, and the writer engine's begin takes the write lock).
+            conn = self._engine.raw_connection()
+        except Exception:  # no connection: the WAL only grows (reads stay right); say so once
+            log.exception("the SQLite WAL checkpointer could not connect")
+            return
+        try:
+            while True:
+                self._dirty.wait()
+                if self._stopping.is_set():
+                    self._checkpoint(conn, "TRUNCATE")
+                    return
+                self._dirty.clear()
+                self._checkpoint(conn, "PASSIVE")
+                self._stopping.wait(self._every)
+        finally:
+            conn.close()
+
+    def _checkpoint(self, conn: Any, mode: str) -> None:
+        try:
+            conn.cursor().execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        except Exception as exc:  # busy or locked: the next round tries again
+            log.debug("WAL checkpoint (%s) skipped: %r", mode, exc)
+        else:
+            self.checkpoints += 1
 
 
 class TaskWriter:
@@ -263,6 +331,8 @@ def _autocommit_driver(dbapi_connection: Any, record: Any) -> None:
     # "begin" hook below starts every transaction explicitly instead, taking the write lock up front.
     dbapi_connection.isolation_level = None
     sqlite_pragmas(dbapi_connection, record)
+    # Commits never checkpoint: the WalCheckpointer does, off the writer's thread.
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
 
 
 def _begin_immediate(conn: Connection) -> None:

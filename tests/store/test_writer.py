@@ -183,3 +183,31 @@ async def test_postgres_lanes_keep_a_sessions_writes_in_order(postgres_url: str)
     finally:
         await writer.close()
         await engine.dispose()
+
+
+async def test_sqlite_commits_leave_the_wal_to_the_checkpointer(tmp_path: Path) -> None:
+    """The writer's commits never checkpoint (that would stall every turn queued behind the commit that
+    crosses SQLite's threshold); the checkpointer thread does, after writes, and truncates the WAL when
+    the writer closes."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}"
+    engine = create_engine(url)
+    await migrate(engine)
+    await engine.dispose()
+    wal = tmp_path / "wal.db-wal"
+    writer = SqliteWriter(url)
+    try:
+        autocheckpoint = await writer.run(
+            lambda conn: conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+        )
+        assert autocheckpoint == 0
+        customer = Customer()
+        for _ in range(3):
+            await asyncio.gather(*(writer.run(customer.start()) for _ in range(20)))
+        deadline = asyncio.get_running_loop().time() + 5
+        while writer._wal.checkpoints == 0:  # the checkpointer's first round follows the first batch
+            assert asyncio.get_running_loop().time() < deadline, "no WAL checkpoint within 5 s of writes"
+            await asyncio.sleep(0.02)
+        assert await writer.run(customer.sessions) == 60
+    finally:
+        await writer.close()
+    assert not wal.exists() or wal.stat().st_size == 0  # the last checkpoint (TRUNCATE) emptied it
