@@ -94,7 +94,9 @@ class Turn:
         self.request_id = request_id_of(raw)
         self.events = TurnEmitter(dialect, self.request_id, out.push, out.push_now)
         self.cancel_requested = False
-        self._stream_task: asyncio.Task[None] | None = None
+        self._stream_task: asyncio.Task[None] | None = None  # a tool loop's
+        self._streaming: asyncio.Task[Any] | None = None  # the turn's own task, while a plain turn streams
+        self._cut = False  # ``cancel`` cancelled ``_streaming``
         self._text: TextSender | None = None  # a plain turn's, while it streams
         self._cancel_sent = False
 
@@ -102,19 +104,22 @@ class Turn:
         """Stop streaming now; before streaming starts, stop it from starting. After it, no effect.
 
         A plain turn that is streaming says ``cancelled`` here and now, from the reader's task: its text
-        is cut at what was sent (nothing more gets out), so the client need not wait for the stream task
-        to wind down, which under load is a few turns of a busy event loop later. A tool-using turn first
+        is cut at what was sent (nothing more gets out), so the client need not wait for the stream to
+        wind down, which under load is a few turns of a busy event loop later. A tool-using turn first
         answers its open calls, so its ``cancelled`` comes from ``_finish``.
         """
         self.cancel_requested = True
-        task = self._stream_task
-        if task is None or task.done():
-            return
-        task.cancel()
-        if self._text is not None and not self.events.complete:
-            self._text.close()
-            self.events.cancelled()
-            self._cancel_sent = True
+        if self._streaming is not None:
+            if self._cut:
+                return
+            self._cut = True
+            self._streaming.cancel()  # taken back by ``_stream_plain`` (``uncancel``)
+            if self._text is not None and not self.events.complete:
+                self._text.close()
+                self.events.cancelled()
+                self._cancel_sent = True
+        elif self._stream_task is not None and not self._stream_task.done():
+            self._stream_task.cancel()
 
     def refuse(self, error: ParleyError) -> None:
         """End a turn that will not run (queue full, server shutting down) with its full bracket."""
@@ -286,23 +291,56 @@ class Turn:
     ) -> TurnStatus | ParleyError:
         if self.cancel_requested:
             return "cancelled"
-        work = self._pump(request, resolved, answer) if loop is None else loop.run(request)
-        self._stream_task = asyncio.create_task(work)
         checkpoints = Checkpointer(
             self.services.store, record.ai_message_id, answer, self.services.settings.checkpoint_interval_s
         )
         try:
-            await asyncio.wait({self._stream_task})
-        except asyncio.CancelledError:
-            self._stream_task.cancel()
-            raise
+            if loop is None:
+                return await self._stream_plain(request, resolved, answer)
+            return await self._stream_tools(loop, request)
         finally:
             await checkpoints.stop()
             if loop is not None:
                 await loop.settle()  # its step checkpoints land before the final write
-        if self._stream_task.cancelled() or self._cancel_sent:
+
+    async def _stream_plain(
+        self, request: ProviderRequest, resolved: Resolved, answer: Answer
+    ) -> TurnStatus | ParleyError:
+        """A plain turn streams in the turn's own task: no task to start, so under load the first text is
+        a turn of the event loop sooner. ``cancel`` cancels this task while it streams, and only then; the
+        cancellation is taken back here, unless someone else (the server shutting down) asked for one too.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        outcome: TurnStatus | ParleyError = "completed"
+        self._streaming = task
+        try:
+            await self._pump(request, resolved, answer)
+        except asyncio.CancelledError:
+            if not self._cut:
+                raise
+        except ParleyError as exc:
+            outcome = exc
+        finally:
+            self._streaming = None
+        if self._cut:
+            if task.uncancel() > 0:
+                raise asyncio.CancelledError
             return "cancelled"
-        error = self._stream_task.exception()
+        return outcome
+
+    async def _stream_tools(self, loop: ToolLoop, request: ProviderRequest) -> TurnStatus | ParleyError:
+        """A tool loop runs in a task of its own: a cancel must not stop it midway, it answers its open
+        calls first (see ``ToolLoop``)."""
+        self._stream_task = task = asyncio.create_task(loop.run(request))
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task.cancelled():
+            return "cancelled"
+        error = task.exception()
         if error is None:
             return "completed"
         return error if isinstance(error, ParleyError) else ProviderFailed("The model provider failed.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import func, select
 
+from parley.errors import ProviderFailed
+from parley.providers.base import ProviderEvent, ProviderRequest
+from parley.providers.demo import DemoProvider
 from parley.store.tables import ChatSession, Message
 from tests.conftest import LiveServer, live_server, make_settings
 from tests.invariants import Frame, TurnSummary, check_turn, kind_of
@@ -266,6 +269,35 @@ async def test_cancel_mid_stream(server: LiveServer, named: bool) -> None:
     assert answer.content == "".join(sent)
     assert answer.error_code is None
     assert answer.usage == summary.usage
+
+
+class SwallowingDemo(DemoProvider):
+    """The demo model behind an SDK that turns a cancellation into an error of its own (some do)."""
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        try:
+            async for event in super().stream(request):
+                yield event
+        except asyncio.CancelledError:
+            raise ProviderFailed("the SDK's own error for a cancelled read") from None
+
+
+async def test_cancel_holds_when_the_provider_swallows_the_cancellation(sqlite_server: LiveServer) -> None:
+    """A plain turn streams in the turn's own task and a cancel cancels that task (then takes it back):
+    a provider that eats the cancellation must still end the turn as cancelled, stored as sent, with no
+    cancellation left over to break the final write or the next turn on the connection."""
+    registry = sqlite_server.runtime.services.registry
+    registry._built["demo"] = SwallowingDemo()
+    async with await sqlite_server.client() as client:
+        rid = await client.chat("a long one", options={"chunks": 200, "delay_ms": 20})
+        await pump_until_texts(client, rid, 3)
+        await client.send({"type": "cancel", "request_id": rid})
+        summary = await client.turn(rid, timeout=TURN_TIMEOUT_S)
+        await normal_turn_works(client)
+    assert summary.status == "cancelled"
+    assert summary.kinds[-3:] == ["cancelled", "dbOperationExecuted", "fullProcessComplete"]
+    answer = (await rows(sqlite_server, summary.session_id))[-1]
+    assert answer.status == "cancelled" and answer.content == "".join(deltas(summary))
 
 
 async def test_cancel_during_reasoning_keeps_the_reasoning_sent(server: LiveServer) -> None:
