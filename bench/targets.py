@@ -23,13 +23,18 @@ class Verdict:
         return [self.target, self.measured, mark, self.gap]
 
 
+def percent(share: float) -> str:
+    """A share as a percentage, with a decimal where whole numbers would hide it (94.8%, not 95%)."""
+    return f"{100 * share:.0f}%" if abs(share) >= 0.1 else f"{100 * share:.1f}%"
+
+
 def judge_at_most(measured: float, limit: float, unit: Callable[[float], str]) -> tuple[bool | None, str]:
     if math.isnan(measured):
         return None, ""
     if measured <= limit:
         return True, ""
     over = measured - limit
-    return False, f"by {unit(over)} ({100 * over / limit:.0f}% over)" if limit else f"by {unit(over)}"
+    return False, f"by {unit(over)} ({percent(over / limit)} over)" if limit else f"by {unit(over)}"
 
 
 def judge_at_least(measured: float, limit: float, unit: Callable[[float], str]) -> tuple[bool | None, str]:
@@ -38,7 +43,7 @@ def judge_at_least(measured: float, limit: float, unit: Callable[[float], str]) 
     if measured >= limit:
         return True, ""
     short = limit - measured
-    return False, f"by {unit(short)} ({100 * short / limit:.0f}% short)"
+    return False, f"by {unit(short)} ({percent(short / limit)} short)"
 
 
 def at_most(
@@ -162,7 +167,7 @@ def persist_targets(res: Results) -> list[Verdict]:
 def paced_targets(res: Results) -> list[Verdict]:
     parley = res.find("paced", "parley", 1000)
     delivered = value(parley, "deltas_per_s") / (1000 * PACED_RATE)
-    shown = f"{delivered:.0%} ({rate(value(parley, 'deltas_per_s'))} of {rate(1000 * PACED_RATE)})"
+    shown = f"{100 * delivered:.1f}% ({rate(value(parley, 'deltas_per_s'))} of {rate(1000 * PACED_RATE)})"
     return [
         at_most("1,000 paced streams: gap p99 < 100 ms", value(parley, "gap_ms", "p99"), 100.0, ms),
         at_most("1,000 paced streams: 0 errors", value(parley, "error_total"), 0.0, lambda x: num(x, 0)),
@@ -170,7 +175,7 @@ def paced_targets(res: Results) -> list[Verdict]:
             "1,000 paced streams: delivered ≥ 95% of the asked rate (not an issue target: the knee check)",
             delivered,
             0.95,
-            lambda x: f"{x:.0%}",
+            lambda x: f"{100 * x:.1f}%",
             shown,
         ),
     ]

@@ -26,7 +26,7 @@ from bench.results import Results
 from bench.run import describe_plan, summary_line
 from bench.scenarios import SCENARIOS, Scenario, build
 from bench.servers import PARLEY_BENCH_SETTINGS, ParleySource, clean_env, parley_env
-from bench.targets import coalesce_targets, verdicts
+from bench.targets import coalesce_targets, judge_at_least, percent, verdicts
 from parley.answer import Answer, TextSender
 from parley.providers.demo import split_answer
 
@@ -327,3 +327,9 @@ def test_a_full_plan_describes_the_scenarios_parley_settings() -> None:
     assert plan["coalesce"]["parley_env"] == {"PARLEY_COALESCE_MS": "20"}
     assert plan["sweep"]["parley_env"] == {}
     assert isinstance(build("coalesce", False), Scenario)
+
+
+def test_a_near_miss_is_not_rounded_away() -> None:
+    """94.8% of a 95% target is missed by 0.2%, and the report must not say "by 0% (0% short)"."""
+    assert judge_at_least(0.948, 0.95, lambda x: f"{100 * x:.1f}%") == (False, "by 0.2% (0.2% short)")
+    assert percent(0.17) == "17%"
