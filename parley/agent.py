@@ -304,10 +304,7 @@ class ToolLoop:
                         text.add(item.text)
                 elif isinstance(item, ReasoningDelta):
                     if item.text:
-                        text.flush()
-                        answer.reasoning.append(item.text)
-                        answer.version += 1
-                        events.reasoning(item.text)
+                        text.reasoning(item.text, events.reasoning)
                 elif isinstance(item, Usage):
                     if item.input_tokens is not None:
                         usage["input_tokens"] = item.input_tokens

@@ -73,6 +73,15 @@ class TextSender:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_at(self._last_sent + self._window, self.flush)
 
+    def reasoning(self, text: str, emit: Callable[[str], None]) -> None:
+        """A reasoning delta: the text held back goes first, then it, recorded in the answer."""
+        if self._closed:
+            return
+        self.flush()
+        self._answer.reasoning.append(text)
+        self._answer.version += 1
+        emit(text)
+
     def flush(self) -> None:
         if self._closed:
             return

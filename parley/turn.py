@@ -360,10 +360,7 @@ class Turn:
                         text.add(item.text)
                 elif isinstance(item, ReasoningDelta):
                     if item.text:
-                        text.flush()
-                        answer.reasoning.append(item.text)
-                        answer.version += 1
-                        events.reasoning(item.text)
+                        text.reasoning(item.text, events.reasoning)
                 elif isinstance(item, Usage):
                     answer.add_usage(item)
                 # No tool events: a request offering tools runs in a ToolLoop (parley/agent.py) instead.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 from parley.connection import DirectSend, Outbox
 
@@ -38,11 +38,23 @@ class FakeTransport:
         self.writes.append(data)
 
 
+class Writable(asyncio.Event):
+    """uvicorn's ``writable`` that also tells the test when somebody waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = asyncio.Event()
+
+    async def wait(self) -> Literal[True]:
+        self.waited.set()
+        return await super().wait()
+
+
 class FakeProtocol:
     def __init__(self, fail: bool = False) -> None:
         self.conn = FakeConn()
         self.transport = FakeTransport(fail)
-        self.writable = asyncio.Event()
+        self.writable = Writable()
         self.writable.set()
         self.close_sent = False
         self.disconnected = False
@@ -114,7 +126,7 @@ async def test_push_now_never_overtakes_a_batch_waiting_for_the_socket() -> None
     proto.writable.clear()  # the kernel buffer is full: the writer's batch waits
     outbox.push("1")
     outbox.push("2")
-    await asyncio.sleep(0.01)  # the writer has taken [1, 2] and waits for writable
+    await asyncio.wait_for(proto.writable.waited.wait(), 1)  # the writer has taken [1, 2] and waits
     outbox.push_now("3")  # must not go out ahead of 1 and 2
     assert proto.transport.writes == []
     proto.writable.set()

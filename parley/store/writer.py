@@ -165,7 +165,7 @@ class WalCheckpointer:
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.checkpoints = 0  # completed, for tests
+        self.checkpointed = threading.Event()  # set by every completed checkpoint (tests wait on it)
 
     def start(self) -> None:
         if self._thread is None:
@@ -209,7 +209,7 @@ class WalCheckpointer:
         except Exception as exc:  # busy or locked: the next round tries again
             log.debug("WAL checkpoint (%s) skipped: %r", mode, exc)
         else:
-            self.checkpoints += 1
+            self.checkpointed.set()
 
 
 class TaskWriter:

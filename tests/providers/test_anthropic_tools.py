@@ -29,6 +29,8 @@ from tests.providers.tool_helpers import (
     CONTEXT,
     REGISTRY,
     TOOLS,
+    collect,
+    drain,
     kinds,
     ready,
     run_tool_loop,
@@ -61,17 +63,6 @@ def ask(*messages: ChatMessage, **kwargs: Any) -> ProviderRequest:
     return ProviderRequest(MODEL, list(messages) or [ChatMessage("user", "Hi")], tools=TOOLS, **kwargs)
 
 
-async def collect(provider: AnthropicProvider, request: ProviderRequest | None = None) -> list[ProviderEvent]:
-    async with asyncio.timeout(10):
-        return [event async for event in provider.stream(request or ask())]
-
-
-async def drain(stream: AsyncIterator[ProviderEvent], into: list[ProviderEvent]) -> None:
-    async with asyncio.timeout(10):
-        async for event in stream:
-            into.append(event)
-
-
 # --- streaming calls ---------------------------------------------------------------------------------
 
 
@@ -79,7 +70,7 @@ async def test_calls_are_reassembled_exactly_in_order(
     fake: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
     fake.script(text_chunks=["Let me ", "check."], tool_calls=[CALC, CLOCK], usage=(20, 9))
-    events = await collect(provider)
+    events = await collect(provider, ask())
     assert kinds(events) == [  # blocks stream one after another: each call is ready before the next starts
         "TextDelta",
         "TextDelta",
@@ -105,7 +96,7 @@ async def test_calls_are_reassembled_exactly_in_order(
 
 async def test_a_call_with_no_text_first(fake: FakeAnthropic, provider: AnthropicProvider) -> None:
     fake.script(text_chunks=[], tool_calls=[CALC])
-    events = await collect(provider)
+    events = await collect(provider, ask())
     assert kinds(events) == ["ToolCallStarted", "ToolCallReady", "StepEnd"]
     assert step_end(events).message.content == ""
 
@@ -114,7 +105,7 @@ async def test_a_text_answer_with_tools_offered_ends_the_step(
     fake: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
     fake.script(text_chunks=["Just ", "text."])
-    end = step_end(await collect(provider))
+    end = step_end(await collect(provider, ask()))
     assert (end.reason, end.raw, end.tool_calls) == ("end", "end_turn", ())
     assert end.message == ChatMessage("assistant", "Just text.")
 
@@ -125,7 +116,7 @@ async def test_invalid_json_input_passes_through_raw(
     fake.script(
         text_chunks=[], tool_calls=[FakeToolCall("toolu_bad", "calculator", ('{"expression": ', "2"))]
     )
-    (event,) = ready(await collect(provider))
+    (event,) = ready(await collect(provider, ask()))
     assert event.call == ToolCall("toolu_bad", "calculator", '{"expression": 2')
     result = await REGISTRY.run(event.call, CONTEXT)
     assert (result.is_error, result.code) == (True, "invalid_arguments")
@@ -135,7 +126,7 @@ async def test_a_call_without_input_has_empty_arguments(
     fake: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
     fake.script(text_chunks=[], tool_calls=[FakeToolCall("toolu_now", "current_time")])
-    (event,) = ready(await collect(provider))
+    (event,) = ready(await collect(provider, ask()))
     assert event.call.arguments == {}
 
 
@@ -145,7 +136,7 @@ async def test_max_tokens_mid_call(fake: FakeAnthropic, provider: AnthropicProvi
         tool_calls=[FakeToolCall("toolu_cut", "calculator", ('{"expre',))],
         stop_reason="max_tokens",
     )
-    end = step_end(await collect(provider))
+    end = step_end(await collect(provider, ask()))
     assert (end.reason, end.raw) == ("max_tokens", "max_tokens")
     assert end.tool_calls == (ToolCall("toolu_cut", "calculator", '{"expre'),)
 
@@ -212,7 +203,7 @@ async def test_no_tools_offered_means_no_tool_events(
 
 
 async def test_tools_are_sent_with_input_schema(fake: FakeAnthropic, provider: AnthropicProvider) -> None:
-    await collect(provider)
+    await collect(provider, ask())
     body = fake.requests[0]
     assert body["tools"] == [
         {"name": spec.name, "description": spec.description, "input_schema": spec.parameters}

@@ -29,6 +29,8 @@ from tests.providers.tool_helpers import (
     CONTEXT,
     REGISTRY,
     TOOLS,
+    collect,
+    drain,
     kinds,
     ready,
     run_tool_loop,
@@ -64,17 +66,6 @@ def ask(*messages: ChatMessage, **kwargs: Any) -> ProviderRequest:
     return ProviderRequest(MODEL, list(messages) or [ChatMessage("user", "Hi")], tools=TOOLS, **kwargs)
 
 
-async def collect(provider: OpenAIProvider, request: ProviderRequest | None = None) -> list[ProviderEvent]:
-    async with asyncio.timeout(10):
-        return [event async for event in provider.stream(request or ask())]
-
-
-async def drain(stream: AsyncIterator[ProviderEvent], into: list[ProviderEvent]) -> None:
-    async with asyncio.timeout(10):
-        async for event in stream:
-            into.append(event)
-
-
 # --- streaming calls ---------------------------------------------------------------------------------
 
 
@@ -85,7 +76,7 @@ async def test_parallel_calls_are_reassembled_exactly(
     fake.script(
         text_chunks=["Let me ", "check."], tool_calls=[CALC, CLOCK], interleave=interleave, usage=(20, 9)
     )
-    events = await collect(provider)
+    events = await collect(provider, ask())
     assert kinds(events) == [
         "TextDelta",
         "TextDelta",
@@ -127,7 +118,7 @@ async def test_a_text_answer_with_tools_offered_ends_the_step(
     fake: FakeOpenAI, provider: OpenAIProvider
 ) -> None:
     fake.script(text_chunks=["Just ", "text."])
-    events = await collect(provider)
+    events = await collect(provider, ask())
     assert kinds(events) == ["TextDelta", "TextDelta", "StepEnd"]
     end = step_end(events)
     assert (end.reason, end.raw, end.tool_calls) == ("end", "stop", ())
@@ -139,14 +130,14 @@ async def test_calls_with_finish_reason_stop_are_still_tool_use(
 ) -> None:
     """Some compatible servers (older Ollama among them) end a tool-call answer with "stop"."""
     fake.script(text_chunks=[], tool_calls=[CALC], finish_reason="stop")
-    end = step_end(await collect(provider))
+    end = step_end(await collect(provider, ask()))
     assert (end.reason, end.raw) == ("tool_use", "stop")
     assert [c.name for c in end.tool_calls] == ["calculator"]
 
 
 async def test_a_server_that_sends_no_call_id_gets_one(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
     fake.script(text_chunks=[], tool_calls=[FakeToolCall("", "calculator", ('{"expression": "1"}',))])
-    events = await collect(provider)
+    events = await collect(provider, ask())
     (start,) = started(events)
     (event,) = ready(events)
     assert start.call_id.startswith("call_")
@@ -156,7 +147,7 @@ async def test_a_server_that_sends_no_call_id_gets_one(fake: FakeOpenAI, provide
 async def test_invalid_json_arguments_pass_through_raw(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
     broken = FakeToolCall("call_bad", "calculator", ('{"expression": "2+', "2"))
     fake.script(text_chunks=[], tool_calls=[broken])
-    events = await collect(provider)
+    events = await collect(provider, ask())
     (event,) = ready(events)
     assert event.call == ToolCall("call_bad", "calculator", '{"expression": "2+2')
     result = await REGISTRY.run(event.call, CONTEXT)
@@ -165,7 +156,7 @@ async def test_invalid_json_arguments_pass_through_raw(fake: FakeOpenAI, provide
 
 async def test_a_call_without_arguments_has_empty_ones(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
     fake.script(text_chunks=[], tool_calls=[FakeToolCall("call_now", "current_time")])
-    (event,) = ready(await collect(provider))
+    (event,) = ready(await collect(provider, ask()))
     assert event.call.arguments == {}
 
 
@@ -175,7 +166,7 @@ async def test_length_cut_mid_call(fake: FakeOpenAI, provider: OpenAIProvider) -
         tool_calls=[FakeToolCall("call_cut", "calculator", ('{"expre',))],
         finish_reason="length",
     )
-    end = step_end(await collect(provider))
+    end = step_end(await collect(provider, ask()))
     assert (end.reason, end.raw) == ("max_tokens", "length")
     assert end.tool_calls == (ToolCall("call_cut", "calculator", '{"expre'),)  # the loop gets an error result
 
@@ -191,7 +182,7 @@ async def test_no_tools_offered_means_no_tool_events(fake: FakeOpenAI, provider:
 
 
 async def test_tools_are_sent_as_function_tools(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
-    await collect(provider)
+    await collect(provider, ask())
     body = fake.requests[0]
     assert body["tools"] == [
         {

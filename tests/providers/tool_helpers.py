@@ -8,7 +8,7 @@ step makes no calls (the last allowed step is asked for text with ``tool_choice=
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from parley.providers.base import (
@@ -35,6 +35,19 @@ async def _no_search(customer_id: str, query: str, limit: int, offset: int) -> S
 
 CONTEXT = ToolContext(customer_id="c-1", search=_no_search)
 REGISTRY = ToolRegistry(builtin_tools())
+
+
+async def collect(provider: Provider, request: ProviderRequest) -> list[ProviderEvent]:
+    """Every event of one streamed step (bounded: a hung fake fails the test)."""
+    async with asyncio.timeout(10):
+        return [event async for event in provider.stream(request)]
+
+
+async def drain(stream: AsyncIterator[ProviderEvent], into: list[ProviderEvent]) -> None:
+    """Read ``stream`` into ``into`` as it comes, so a test can look at what arrived before a cancel."""
+    async with asyncio.timeout(10):
+        async for event in stream:
+            into.append(event)
 
 
 def kinds(events: Sequence[ProviderEvent]) -> list[str]:
