@@ -28,31 +28,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from parley.answer import Answer, TextSender
-from parley.errors import DatabaseFailed, LimitExceeded, ParleyError, ProviderFailed
-from parley.protocol import TurnEmitter
-from parley.providers.base import (
-    ChatMessage,
-    Provider,
-    ProviderRequest,
-    ReasoningDelta,
-    StepEnd,
-    TextDelta,
-    ToolCallReady,
-    Usage,
-    arguments_json,
-    stream_with_retries,
-)
+from parley.errors import DatabaseFailed, LimitExceeded
+from parley.providers.base import ChatMessage, ProviderRequest, StepEnd, arguments_json
+from parley.step import Streamer
+from parley.text import clean, clean_json
 from parley.tools import ToolCall, ToolContext, ToolResult, ToolSelection
 
 if TYPE_CHECKING:
     from parley.store.branches import ContextMessage
     from parley.store.repository import Store
-    from parley.turn import Channel
 
 log = logging.getLogger("parley.turn")
 
@@ -60,31 +48,6 @@ STEP_LIMIT_CODE = "tool_step_limit"
 CANCELLED_OUTPUT = "Cancelled: the turn was stopped before this call finished."
 NOT_RUN_OUTPUT = "Not run: the model's answer failed before the call could run."
 MISSING_OUTPUT = "No result was recorded for this call."
-
-
-# -- text fit for the wire and the database -------------------------------------------------------------
-
-
-def clean_text(text: str) -> str:
-    """Text every database and JSON encoder takes: NUL becomes U+FFFD, lone surrogates become '?'."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
-
-
-def clean_json(value: Any) -> Any:
-    """A decoded JSON value with every string (keys too) passed through ``clean_text``."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, Mapping):
-        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean_json(v) for v in value]
-    return value
 
 
 def call_input(call: ToolCall) -> dict[str, Any] | str:
@@ -223,23 +186,19 @@ def flattened(steps: Sequence[ToolStep], final: str) -> str:
 class ToolLoop:
     """One agentic turn's steps: stream, announce and run the calls, feed the results back, repeat.
 
-    ``run`` is the turn's stream task: cancelling it cancels the step's tool calls at once. Steps are saved
-    (content, reasoning and steps so far) after each completed step, in the background; ``settle`` waits
-    for those writes, so the turn's final write comes after them.
+    ``run`` runs in the turn's task: cancelling it cancels the step's tool calls at once. A cancel from the
+    client first ``abandon``s the open calls (each gets its ``Cancelled`` result, before ``cancelled``).
+    Steps are saved (content, reasoning and steps so far) after each completed step, in the background;
+    ``settle`` waits for those writes, so the turn's final write comes after them.
     """
 
-    events: TurnEmitter
-    out: Channel
-    answer: Answer
-    provider: Provider
+    streamer: Streamer
     selection: ToolSelection
     context: ToolContext
     max_steps: int
     store: Store
     message_id: uuid.UUID
-    coalesce_s: float = 0.0
-    attempts: int = 3
-    backoff_s: float = 0.25
+    seq: Callable[[], int]  # the turn's last event so far, saved with each step checkpoint
     steps: list[ToolStep] = field(default_factory=list, init=False)
     _current: ToolStep | None = field(default=None, init=False)
     _writes: list[asyncio.Task[None]] = field(default_factory=list, init=False)
@@ -252,10 +211,10 @@ class ToolLoop:
         try:
             await self._steps(request)
         except asyncio.CancelledError:
-            self._abandon(CANCELLED_OUTPUT, "cancelled")
+            self.abandon(CANCELLED_OUTPUT, "cancelled")
             raise
         except BaseException:
-            self._abandon(NOT_RUN_OUTPUT, "not_run")
+            self.abandon(NOT_RUN_OUTPUT, "not_run")
             raise
 
     async def settle(self) -> None:
@@ -263,12 +222,25 @@ class ToolLoop:
         if self._writes:
             await asyncio.gather(*self._writes)
 
+    def abandon(self, output: str, code: str) -> None:
+        """The step in progress ends without running (all of) its calls: each open one gets an error
+        result."""
+        step, self._current = self._current, None
+        if step is None:
+            return
+        for index, call in enumerate(step.calls):
+            if step.results[index] is None:
+                step.results[index] = ToolResult(call.call_id, output, is_error=True, code=code)
+                self.streamer.events.tool_result(call.call_id, output, True)
+
     async def _steps(self, request: ProviderRequest) -> None:
-        text = TextSender(self.events.text, self.answer, self.coalesce_s)
         messages = list(request.messages)
+        events = self.streamer.events
         for number in range(1, self.max_steps + 1):
             step = self._current = ToolStep()
-            end = await self._stream(replace(request, messages=messages), text, step)
+            end = await self._stream(replace(request, messages=messages), step)
+            if events.cut:  # cancelled, and the provider swallowed the cancellation: stop here
+                raise asyncio.CancelledError
             for call in end.tool_calls if end is not None else ():
                 if all(call.call_id != made.call_id for made in step.calls):
                     self._announce(step, call)  # a call the stream did not report ready: never seen so far
@@ -277,7 +249,7 @@ class ToolLoop:
                 return  # the final answer
             if number == self.max_steps:
                 limit = f"Not run: the turn reached its limit of {self.max_steps} model steps."
-                self._abandon(limit, STEP_LIMIT_CODE)
+                self.abandon(limit, STEP_LIMIT_CODE)
                 raise LimitExceeded(
                     f"The model still wanted tools after {self.max_steps} steps, the most one turn may take.",
                     code=STEP_LIMIT_CODE,
@@ -289,64 +261,34 @@ class ToolLoop:
             messages += [ChatMessage.tool_result(r) for r in step.results if r is not None]
             self._checkpoint()
 
-    async def _stream(self, request: ProviderRequest, text: TextSender, step: ToolStep) -> StepEnd | None:
-        """Stream one step: text and reasoning out as they come, each call announced once it is whole."""
-        events, out, answer = self.events, self.out, self.answer
+    async def _stream(self, request: ProviderRequest, step: ToolStep) -> StepEnd | None:
+        """Stream one step; each call is announced once the model has written it whole."""
+        answer = self.streamer.answer
         start = len(answer.text)
-        before = dict(answer.usage)  # earlier steps' tokens: each step's usage adds to them
-        usage: dict[str, int] = {}
-        end: StepEnd | None = None
-        stream = stream_with_retries(self.provider, request, self.attempts, self.backoff_s)
         try:
-            async for item in stream:
-                if isinstance(item, TextDelta):
-                    if item.text:
-                        text.add(item.text)
-                elif isinstance(item, ReasoningDelta):
-                    if item.text:
-                        text.reasoning(item.text, events.reasoning)
-                elif isinstance(item, Usage):
-                    if item.input_tokens is not None:
-                        usage["input_tokens"] = item.input_tokens
-                    if item.output_tokens is not None:
-                        usage["output_tokens"] = item.output_tokens
-                    for key, value in usage.items():
-                        answer.usage[key] = before.get(key, 0) + value
-                elif isinstance(item, ToolCallReady):
-                    text.flush()  # the text before a call goes out before its toolUse
-                    self._announce(step, item.call)
-                elif isinstance(item, StepEnd):
-                    end = item
-                if out.congested:
-                    await out.wait_ready()
-        except ParleyError:
-            raise
-        except Exception as exc:  # an unmapped provider failure: log it all, tell the client little
-            log.exception("turn %s: provider %s failed", self.events.request_id, self.provider.name)
-            raise ProviderFailed("The model provider failed.") from exc
+            return await self.streamer.step(request, lambda call: self._announce(step, call))
         finally:
-            text.flush()
             step.text = "".join(answer.text[start:])
-            await stream.aclose()
-        return end
 
     def _announce(self, step: ToolStep, call: ToolCall) -> None:
         """Record a call of this step and send its ``toolUse``."""
-        call = ToolCall(clean_text(call.call_id), clean_text(call.name), clean_json(call.arguments))
+        call = ToolCall(clean(call.call_id), clean(call.name), clean_json(call.arguments))
         if not step.calls:
             self.steps.append(step)
         step.calls.append(call)
         step.results.append(None)
-        self.events.tool_use(call.call_id, call.name, call_input(call))
+        self.streamer.events.tool_use(call.call_id, call.name, call_input(call))
 
     async def _run_calls(self, step: ToolStep) -> None:
         """Run the step's calls at once; each ``toolResult`` goes out as soon as its call is done."""
 
         async def run(index: int, call: ToolCall) -> None:
             result = await self.selection.run(call, self.context)
-            result = ToolResult(call.call_id, clean_text(result.output), result.is_error, result.code)
+            if step.results[index] is not None:  # abandoned meanwhile (a cancel): that result stands
+                return
+            result = ToolResult(call.call_id, clean(result.output), result.is_error, result.code)
             step.results[index] = result
-            self.events.tool_result(call.call_id, result.output, result.is_error)
+            self.streamer.events.tool_result(call.call_id, result.output, result.is_error)
 
         if len(step.calls) == 1:
             await run(0, step.calls[0])
@@ -355,25 +297,17 @@ class ToolLoop:
             for index, call in enumerate(step.calls):
                 group.create_task(run(index, call))
 
-    def _abandon(self, output: str, code: str) -> None:
-        """The step in progress ends without running (all of) its calls: each gets an error result."""
-        step, self._current = self._current, None
-        if step is None:
-            return
-        for index, call in enumerate(step.calls):
-            if step.results[index] is None:
-                step.results[index] = ToolResult(call.call_id, output, is_error=True, code=code)
-                self.events.tool_result(call.call_id, output, True)
-
     def _checkpoint(self) -> None:
-        answer = self.answer
+        answer = self.streamer.answer
         self._writes = [task for task in self._writes if not task.done()]
-        save = self._save(answer.content, answer.reasoning_text, self.stored())
+        save = self._save(answer.content, answer.reasoning_text, self.stored(), self.seq())
         self._writes.append(asyncio.get_running_loop().create_task(save))
 
-    async def _save(self, content: str, reasoning: str | None, steps: list[dict[str, Any]] | None) -> None:
+    async def _save(
+        self, content: str, reasoning: str | None, steps: list[dict[str, Any]] | None, seq: int
+    ) -> None:
         try:
-            await self.store.checkpoint(self.message_id, content, reasoning, steps)
+            await self.store.checkpoint(self.message_id, content, reasoning, seq, steps)
         except DatabaseFailed:
             log.warning("checkpoint of message %s failed; the final write will retry", self.message_id)
 

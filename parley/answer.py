@@ -15,6 +15,9 @@ from parley.store.repository import Store
 
 log = logging.getLogger("parley.turn")
 
+# Sends one delta; returns it as sent (NUL and lone surrogates replaced), or None when nothing was sent.
+Emit = Callable[[str], str | None]
+
 
 @dataclass
 class Answer:
@@ -24,6 +27,7 @@ class Answer:
     reasoning: list[str] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
     version: int = 0
+    _before_step: dict[str, int] = field(default_factory=dict)  # earlier steps' tokens (agentic turns)
 
     @property
     def content(self) -> str:
@@ -33,19 +37,26 @@ class Answer:
     def reasoning_text(self) -> str | None:
         return "".join(self.reasoning) if self.reasoning else None
 
+    def begin_step(self) -> None:
+        """A new model call starts: its usage adds to the steps' before it."""
+        self._before_step = dict(self.usage)
+
     def add_usage(self, usage: Usage) -> None:
+        """The step's token counts so far (a later one replaces the fields it sets)."""
+        before = self._before_step
         if usage.input_tokens is not None:
-            self.usage["input_tokens"] = usage.input_tokens
+            self.usage["input_tokens"] = before.get("input_tokens", 0) + usage.input_tokens
         if usage.output_tokens is not None:
-            self.usage["output_tokens"] = usage.output_tokens
+            self.usage["output_tokens"] = before.get("output_tokens", 0) + usage.output_tokens
 
 
 class TextSender:
     """Sends text deltas, recording each in the answer. With a window, deltas that arrive within it of the
     last send are merged into one event; a delta after a quiet spell (and so the first) goes at once."""
 
-    def __init__(self, emit: Callable[[str], None], answer: Answer, window_s: float) -> None:
+    def __init__(self, emit: Emit, answer: Answer, window_s: float, reasoning: Emit | None = None) -> None:
         self._emit = emit
+        self._emit_reasoning = reasoning
         self._answer = answer
         self._window = window_s
         self._pending: list[str] = []
@@ -73,14 +84,15 @@ class TextSender:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_at(self._last_sent + self._window, self.flush)
 
-    def reasoning(self, text: str, emit: Callable[[str], None]) -> None:
+    def reasoning(self, text: str) -> None:
         """A reasoning delta: the text held back goes first, then it, recorded in the answer."""
-        if self._closed:
+        if self._closed or self._emit_reasoning is None:
             return
         self.flush()
-        self._answer.reasoning.append(text)
-        self._answer.version += 1
-        emit(text)
+        sent = self._emit_reasoning(text)
+        if sent is not None:
+            self._answer.reasoning.append(sent)
+            self._answer.version += 1
 
     def flush(self) -> None:
         if self._closed:
@@ -94,11 +106,10 @@ class TextSender:
             self._last_sent = asyncio.get_running_loop().time()
 
     def _send(self, text: str) -> None:
-        if "\x00" in text:  # a database cannot store NUL; what is sent must equal what is stored
-            text = text.replace("\x00", "\ufffd")
-        self._answer.text.append(text)
-        self._answer.version += 1
-        self._emit(text)
+        sent = self._emit(text)  # as sent (parley/text.py): what is stored must equal what was sent
+        if sent is not None:
+            self._answer.text.append(sent)
+            self._answer.version += 1
 
 
 class Checkpointer:
@@ -107,10 +118,18 @@ class Checkpointer:
     A timer, not a task: a short turn ends before the first tick and costs nothing but the timer.
     """
 
-    def __init__(self, store: Store, message_id: uuid.UUID, answer: Answer, interval_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        message_id: uuid.UUID,
+        answer: Answer,
+        interval_s: float,
+        seq: Callable[[], int],
+    ) -> None:
         self._store = store
         self._message_id = message_id
         self._answer = answer
+        self._seq = seq  # the turn's last event so far: what the saved content reflects
         self._interval = interval_s
         self._written = 0
         self._write: asyncio.Task[None] | None = None  # owned: ``stop`` awaits it
@@ -131,11 +150,12 @@ class Checkpointer:
         self._timer = loop.call_later(self._interval, self._tick)
         if self._write is None and self._answer.version != self._written:
             self._written = self._answer.version
-            self._write = loop.create_task(self._save(self._answer.content, self._answer.reasoning_text))
+            answer = self._answer
+            self._write = loop.create_task(self._save(answer.content, answer.reasoning_text, self._seq()))
 
-    async def _save(self, content: str, reasoning: str | None) -> None:
+    async def _save(self, content: str, reasoning: str | None, seq: int) -> None:
         try:
-            await self._store.checkpoint(self._message_id, content, reasoning)
+            await self._store.checkpoint(self._message_id, content, reasoning, seq)
         except DatabaseFailed:
             log.warning("checkpoint of message %s failed; the final write will retry", self._message_id)
         finally:

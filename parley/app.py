@@ -2,41 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from dotenv import dotenv_values
 from fastapi import FastAPI
-from starlette.requests import HTTPConnection
 
+from parley.api import errors
+from parley.api.export import router as export_router
+from parley.api.health import router as health_router
+from parley.api.models import router as models_router
+from parley.api.search import router as search_router
+from parley.api.sessions import router as sessions_router
+from parley.api.tools import router as tools_router
+from parley.api.turns import router as turns_router
+from parley.api.websocket import route as websocket_route
 from parley.auth import TokenVerifier
 from parley.config import Settings
 from parley.providers.registry import ModelRegistry, build_provider, load_models_file
+from parley.recovery import Lease, new_process_id
+from parley.services import Runtime, TurnServices
 from parley.store.db import create_engine, migrate
 from parley.store.repository import Store
+from parley.streams import TurnStreams
 from parley.tasks import Supervisor
 from parley.tools import McpManager, ToolLimits, ToolRegistry, builtin_tools, load_mcp_config
-from parley.turn import TurnServices
 
 log = logging.getLogger("parley.app")
-
-
-@dataclass
-class Runtime:
-    """Everything the lifespan built, handed to routes through ``app.state.runtime``."""
-
-    settings: Settings
-    verifier: TokenVerifier
-    services: TurnServices
-    supervisor: Supervisor
-    mcp: McpManager | None = None  # the MCP servers' sessions, for their status
-
-    @property
-    def store(self) -> Store:
-        return self.services.store
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,44 +53,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with McpManager(mcp_servers) as mcp:
                 tools = ToolRegistry([*builtin_tools(), *mcp.tools()], limits)
                 supervisor = Supervisor()
-                store = Store(engine)
-                services = TurnServices(settings, store, registry, supervisor, tools)
+                store = Store(engine, new_process_id())
+                streams = TurnStreams(
+                    settings.resume_ttl_s, settings.resume_buffer_bytes, settings.resume_turn_bytes
+                )
+                services = TurnServices(settings, store, registry, streams, supervisor, tools)
                 runtime = Runtime(settings, verifier, services, supervisor, mcp)
+                lease = Lease(store, settings.owner_lease_s, settings.checkpoint_interval_s)
+                await lease.start()  # answers left streaming by a crashed process are closed now
+                background = [
+                    asyncio.create_task(lease.run(), name="parley-lease"),
+                    asyncio.create_task(streams.run_expiry(), name="parley-resume-expiry"),
+                ]
                 app.state.runtime = runtime
                 try:
                     yield
                     await runtime.supervisor.drain(settings.shutdown_grace_s)
                 finally:
+                    await _stop(background)
+                    await lease.stop()
                     await store.close()
         finally:
             await registry.aclose()
             await engine.dispose()
 
-    from parley.api import errors
-    from parley.api.export import router as export_router
-    from parley.api.health import router as health_router
-    from parley.api.models import router as models_router
-    from parley.api.search import router as search_router
-    from parley.api.sessions import router as sessions_router
-    from parley.api.tools import router as tools_router
-    from parley.api.websocket import route as websocket_route
-
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(health_router)
     # export before sessions: /sessions/import is not a session id. Any /api/v1 route may answer 401, 503.
-    for router in (export_router, sessions_router, search_router, models_router, tools_router):
+    routers = (export_router, sessions_router, search_router, models_router, tools_router, turns_router)
+    for router in routers:
         app.include_router(router, prefix="/api/v1", responses=errors.error_responses(401, 503))
     app.router.routes.append(websocket_route)
     return app
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def provider_env() -> dict[str, str]:
     """Where provider keys and base URLs are looked up: ``.env`` values, overridden by the environment."""
     values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
     return {**values, **os.environ}
-
-
-def runtime_of(connection: HTTPConnection) -> Runtime:
-    runtime: Runtime = connection.app.state.runtime
-    return runtime

@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     provider_attempts: int = Field(default=3, ge=1, le=10)
     provider_retry_backoff_s: float = Field(default=0.25, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # Resume (docs/protocol.md section 5): how long a turn's events are kept after its last one, and how
+    # many bytes the logs of all turns, and of one turn, may keep.
+    resume_ttl_s: float = Field(default=600.0, gt=0)
+    resume_buffer_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    resume_turn_bytes: int = Field(default=16 * 1024 * 1024, ge=4 * 1024)
+    # A server process renews its lease on the answers it streams every third of this; answers of a
+    # process whose lease has run out are closed as interrupted (parley/recovery.py).
+    owner_lease_s: float = Field(default=15.0, ge=0.3)
     ws_ping_interval_s: float | None = 20.0
 
     @property

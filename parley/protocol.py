@@ -5,15 +5,16 @@ This is the only place event names and payload shapes live; everything else impo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any, Literal
+from enum import IntEnum, StrEnum
+from typing import Any, Literal, Protocol
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parley.config import Dialect
+from parley.text import StoredText, clean_json, encoded
 
 # --------------------------------------------------------------------------------------------------
 # Client frames
@@ -31,14 +32,8 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("text must not contain NUL (\\u0000) characters")
-    return value
-
-
-# Text that will be stored: databases cannot keep NUL characters.
-StoredText = Annotated[str, AfterValidator(_no_nul)]
+# The longest request_id a client may send (it is stored with the turn's messages and echoed on each event).
+MAX_REQUEST_ID_CHARS = 255
 
 
 class TextPart(_Frame):
@@ -99,7 +94,7 @@ class CancelFrame(_Frame):
 
 class ResumeFrame(_Frame):
     type: Literal["resume"]
-    request_id: str
+    request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
     after_seq: int = Field(default=-1, ge=-1)
 
 
@@ -189,88 +184,176 @@ def frame_error(code: str, message: str, stage: str = "validation") -> dict[str,
     return {"type": "error", "content": message, "stage": stage, "code": code}
 
 
-class TurnEmitter:
-    """Numbers and encodes one turn's events in the connection's dialect and hands them to a sink.
+# --------------------------------------------------------------------------------------------------
+# A turn's events, dialect-neutral: what a turn's log keeps (parley/streams.py)
+#
+# A logged event is its kind, its seq and its *body*: the encoded JSON fields after the common ones
+# (``"content":"Hel"``, or ``"status":"completed"``). ``type``, ``request_id``, ``seq`` and ``session_id`` are
+# added per follower, in its dialect, so a turn started in one dialect can be resumed in the other.
 
-    ``seq`` counts wire frames, so the snake dialect's two closing frames get two numbers.
+
+class Kind(IntEnum):
+    WORKING = 0
+    TEXT = 1
+    REASONING = 2
+    TOOL_USE = 3
+    TOOL_RESULT = 4
+    CANCELLED = 5
+    ERROR = 6
+    STREAM_ERROR = 7  # an ``error`` whose stage is ``provider`` (snake names it ``stream_error``)
+    DB_OPERATION = 8
+    COMPLETE = 9
+
+
+_KIND_EVENTS = (
+    Event.WORKING,
+    Event.TEXT,
+    Event.REASONING,
+    Event.TOOL_USE,
+    Event.TOOL_RESULT,
+    Event.CANCELLED,
+    Event.ERROR,
+    Event.ERROR,
+    Event.DB_OPERATION,
+    Event.COMPLETE,
+)
+TURN_NAMES: dict[str, tuple[str, ...]] = {
+    "camel": tuple(event.value for event in _KIND_EVENTS),
+    "snake": tuple(
+        SNAKE_STREAM_ERROR if kind == Kind.STREAM_ERROR else SNAKE_NAMES[event]
+        for kind, event in zip(Kind, _KIND_EVENTS, strict=True)
+    ),
+}
+# Kinds that carry the answer (nothing of these follows ``cancelled``).
+CONTENT_KINDS = frozenset({Kind.TEXT, Kind.REASONING, Kind.TOOL_USE, Kind.TOOL_RESULT})
+
+
+def json_text(value: Any) -> str:
+    """``value`` as JSON; anything orjson refuses (lone surrogates, huge integers) is cleaned first."""
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(clean_json(value), ensure_ascii=False, default=str)
+
+
+class FrameEncoder:
+    """A turn's logged events as wire frames in one dialect: a prefix per kind, made once per turn (and
+    once more when the session id appears), then the seq and the body spliced on."""
+
+    __slots__ = ("_bare", "_names", "_request_id", "_session", "_with_session", "snake")
+
+    def __init__(self, dialect: Dialect, request_id: str) -> None:
+        self._names = TURN_NAMES[dialect]
+        self._request_id = request_id
+        self.snake = dialect == "snake"
+        self._bare = self._prefixes(None)
+        self._with_session: list[str] = []
+        self._session: str | None = None
+
+    def frame(self, kind: int, seq: int, body: str, session_id: str | None) -> str:
+        if session_id is None:
+            prefix = self._bare[kind]
+        else:
+            if session_id != self._session:
+                self._with_session = self._prefixes(session_id)
+                self._session = session_id
+            prefix = self._with_session[kind]
+        return f"{prefix}{seq},{body}}}"
+
+    def tts_frame(self, seq: int, body: str, session_id: str | None) -> str:
+        """snake's second closing frame (``tts_not_requested``), with the ``COMPLETE`` event's body."""
+        head: dict[str, Any] = {"type": SNAKE_TTS_NOT_REQUESTED, "request_id": self._request_id}
+        if session_id is not None:
+            head["session_id"] = session_id
+        return f'{encode(head)[:-1]},"seq":{seq},{body}}}'
+
+    def _prefixes(self, session_id: str | None) -> list[str]:
+        prefixes = []
+        for name in self._names:
+            head: dict[str, Any] = {"type": name, "request_id": self._request_id}
+            if session_id is not None:
+                head["session_id"] = session_id
+            prefixes.append(encode(head)[:-1] + ',"seq":')
+        return prefixes
+
+
+class EventLog(Protocol):
+    """Where a turn's events go, in order: its log (parley/streams.py)."""
+
+    def append(self, kind: int, body: str, urgent: bool = False) -> int:
+        """Log one event; return its seq. ``urgent``: onto the followers' sockets at once."""
+        ...
+
+    def set_session(self, session_id: str) -> None:
+        """Events from now on carry ``session_id``."""
+        ...
+
+
+class TurnEmitter:
+    """Shapes one turn's events and logs them; the log numbers them and hands them to the followers.
+
+    ``working``, the first ``text`` and ``cancelled`` are urgent (on the socket now, not at the writer's
+    next turn): they are the moments a user waits for. After ``cancelled`` the answer is cut: no text,
+    reasoning or tool event is logged any more, only the closing events.
     """
 
-    def __init__(
-        self,
-        dialect: Dialect,
-        request_id: str,
-        sink: Callable[[str], None],
-        urgent: Callable[[str], None] | None = None,
-    ) -> None:
-        self.dialect = dialect
+    __slots__ = ("_first_text", "_log", "complete", "cut", "request_id", "session_id")
+
+    def __init__(self, log: EventLog, request_id: str) -> None:
+        self._log = log
         self.request_id = request_id
         self.session_id: str | None = None
-        self.seq = 0
         self.complete = False
-        self._sink = sink
-        # ``working``, the first ``text`` and ``cancelled`` go out through ``urgent`` (on the socket now,
-        # not at the writer's next turn): they are the moments a user waits for.
-        self._urgent = urgent or sink
+        self.cut = False
         self._first_text = True
-        self._text_name = wire_name(dialect, Event.TEXT)
-        self._text_prefix: str | None = None
-        self._text_session: str | None = None
-        self._reasoning_name = wire_name(dialect, Event.REASONING)
 
-    def _send(self, frame: dict[str, Any], urgent: bool = False) -> None:
-        frame["request_id"] = self.request_id
-        frame["seq"] = self.seq
-        if self.session_id is not None:
-            frame["session_id"] = self.session_id
-        self.seq += 1
-        (self._urgent if urgent else self._sink)(encode(frame))
+    def set_session(self, session_id: str) -> None:
+        self.session_id = session_id
+        self._log.set_session(session_id)
 
     def working(self, request_type: str, model: str | None, provider: str | None) -> None:
         content = {"request_type": request_type, "model": model, "provider": provider}
-        self._send({"type": wire_name(self.dialect, Event.WORKING), "content": content}, urgent=True)
+        self._log.append(Kind.WORKING, f'"content":{json_text(content)}', urgent=True)
 
-    def text(self, delta: str) -> None:
-        """The hot path: one frame per delta, so the frame is spliced from a prefix made once per turn
-        (and again when the session id appears) instead of building and encoding a dict. The fields are
-        those ``_send`` would write."""
-        prefix = self._text_prefix
-        if prefix is None or self._text_session != self.session_id:
-            prefix = self._text_prefix = self._frame_prefix(self._text_name)
-            self._text_session = self.session_id
-        seq = self.seq
-        self.seq = seq + 1
-        frame = f'{prefix}{seq},"content":{orjson.dumps(delta).decode()}}}'
-        if self._first_text:
-            self._first_text = False
-            self._urgent(frame)
-        else:
-            self._sink(frame)
+    def text(self, delta: str) -> str | None:
+        """The hot path: log one text delta; return it as sent (NUL and lone surrogates replaced), or
+        None when the answer was cut."""
+        if self.cut:
+            return None
+        delta, quoted = encoded(delta)
+        first, self._first_text = self._first_text, False
+        self._log.append(Kind.TEXT, '"content":' + quoted, first)
+        return delta
 
-    def _frame_prefix(self, name: str) -> str:
-        head = {"type": name, "request_id": self.request_id}
-        if self.session_id is not None:
-            head["session_id"] = self.session_id
-        return encode(head)[:-1] + ',"seq":'
-
-    def reasoning(self, delta: str) -> None:
-        self._send({"type": self._reasoning_name, "content": delta})
+    def reasoning(self, delta: str) -> str | None:
+        """Log one reasoning delta; return it as sent, or None when the answer was cut."""
+        if self.cut:
+            return None
+        delta, quoted = encoded(delta)
+        self._log.append(Kind.REASONING, '"content":' + quoted)
+        return delta
 
     def tool_use(self, call_id: str, name: str, input: Any) -> None:
-        content = {"call_id": call_id, "name": name, "input": input}
-        self._send({"type": wire_name(self.dialect, Event.TOOL_USE), "content": content})
+        if not self.cut:
+            content = {"call_id": call_id, "name": name, "input": input}
+            self._log.append(Kind.TOOL_USE, f'"content":{json_text(content)}')
 
     def tool_result(self, call_id: str, output: str, is_error: bool) -> None:
-        content = {"call_id": call_id, "output": output, "is_error": is_error}
-        self._send({"type": wire_name(self.dialect, Event.TOOL_RESULT), "content": content})
+        if not self.cut:
+            content = {"call_id": call_id, "output": output, "is_error": is_error}
+            self._log.append(Kind.TOOL_RESULT, f'"content":{json_text(content)}')
 
     def cancelled(self) -> None:
-        self._send({"type": wire_name(self.dialect, Event.CANCELLED), "content": CANCELLED_TEXT}, urgent=True)
+        """Say ``cancelled`` (once) and cut the answer there."""
+        if self.cut or self.complete:
+            return
+        self.cut = True
+        self._log.append(Kind.CANCELLED, f'"content":{json_text(CANCELLED_TEXT)}', urgent=True)
 
     def error(self, stage: str, code: str, message: str) -> None:
-        name = wire_name(self.dialect, Event.ERROR)
-        if self.dialect == "snake" and stage == "provider":
-            name = SNAKE_STREAM_ERROR
-        self._send({"type": name, "content": message, "stage": stage, "code": code})
+        kind = Kind.STREAM_ERROR if stage == "provider" else Kind.ERROR
+        body = f'"content":{json_text(message)},"stage":{json_text(stage)},"code":{json_text(code)}'
+        self._log.append(kind, body)
 
     def db_operation(
         self, user_message_id: str, ai_message_id: str, status: TurnStatus, usage: dict[str, Any] | None
@@ -282,12 +365,10 @@ class TurnEmitter:
             "status": status,
             "usage": usage,
         }
-        self._send({"type": wire_name(self.dialect, Event.DB_OPERATION), "content": encode(content)})
+        self._log.append(Kind.DB_OPERATION, f'"content":{json_text(json_text(content))}')
 
     def complete_turn(self, status: TurnStatus) -> None:
         if self.complete:
             return
         self.complete = True
-        self._send({"type": wire_name(self.dialect, Event.COMPLETE), "status": status})
-        if self.dialect == "snake":
-            self._send({"type": SNAKE_TTS_NOT_REQUESTED, "status": status})
+        self._log.append(Kind.COMPLETE, f'"status":{json_text(status)}')

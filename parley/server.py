@@ -13,8 +13,8 @@ from collections.abc import Generator
 import uvicorn
 from fastapi import FastAPI
 
-from parley.app import Runtime
 from parley.config import Settings
+from parley.services import Runtime
 
 FLUSH_BEFORE_CLOSE_S = 2.0
 

@@ -16,8 +16,8 @@ from parley.providers.registry import Resolved
 from parley.store.repository import TurnRecord, title_from
 
 if TYPE_CHECKING:
+    from parley.services import TurnServices
     from parley.store.history import History
-    from parley.turn import TurnServices
 
 log = logging.getLogger("parley.titles")
 

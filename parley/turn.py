@@ -1,8 +1,9 @@
 """One chat turn, start to finish: validate → persist the question → stream the model → persist → events.
 
-A turn knows nothing of sockets: it writes events to a ``Channel``, which the connection drains. A request
-that selects tools streams through a ``ToolLoop`` (parley/agent.py) instead of ``_pump``: same stages, same
-closing events, one model call per step; a turn without tools never touches it.
+A turn knows nothing of sockets: it logs its events (``TurnEmitter`` into its ``TurnLog``, parley/streams.py),
+and the connections that follow it read them from there. The model streams through one step function
+(``Streamer.step``, parley/step.py): once for a plain turn, once per model call for a request that selects
+tools (``ToolLoop``, parley/agent.py). Same stages, same closing events either way.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
-from parley.agent import ToolLoop, history_messages, step_limit
+from parley.agent import CANCELLED_OUTPUT, ToolLoop, history_messages, step_limit
 from parley.answer import Answer, Checkpointer, TextSender
 from parley.auth import Identity
-from parley.config import Dialect, Settings
 from parley.context import build_context
 from parley.errors import (
     DatabaseFailed,
@@ -28,98 +28,98 @@ from parley.errors import (
     ProviderFailed,
     ValidationFailed,
 )
-from parley.protocol import ChatRequest, TurnEmitter, TurnStatus, describe_validation_error, join_text
-from parley.providers.base import (
-    ChatMessage,
-    ProviderRequest,
-    ReasoningDelta,
-    TextDelta,
-    Usage,
-    stream_with_retries,
+from parley.protocol import (
+    MAX_REQUEST_ID_CHARS,
+    ChatRequest,
+    TurnEmitter,
+    TurnStatus,
+    describe_validation_error,
+    join_text,
 )
-from parley.providers.registry import ModelRegistry, Resolved
-from parley.store.repository import ContextMessage, Store, TurnRecord, parse_uuid
-from parley.tasks import Supervisor
+from parley.providers.base import ChatMessage, ProviderRequest
+from parley.providers.registry import Resolved
+from parley.services import TurnServices
+from parley.step import Streamer
+from parley.store.repository import ContextMessage, TurnRecord, parse_uuid
+from parley.streams import LiveAnswer, TurnLog
+from parley.text import identifier_problem
 from parley.titles import schedule_title
-from parley.tools import ToolContext, ToolRegistry, ToolSelection
+from parley.tools import ToolContext, ToolSelection
 
 log = logging.getLogger("parley.turn")
 
 DEFAULT_MODEL = "demo"
 
+__all__ = ["Turn", "TurnServices", "request_id_of"]
 
-class Channel(Protocol):
-    """Where a turn's encoded events go. ``congested`` asks the turn to ``wait_ready`` before more."""
 
-    congested: bool
-
-    def push(self, data: str) -> None: ...
-
-    def push_now(self, data: str) -> None:
-        """``push``, and onto the socket at once where nothing stands before it (see ``Outbox``)."""
-        ...
-
-    async def wait_ready(self) -> None: ...
+def request_id_of(raw: dict[str, Any]) -> tuple[str, str | None]:
+    """The turn's request_id and, when the client's cannot be used, why (the turn then carries one the
+    server made up, so the refusal can still be told apart). A number is echoed as text."""
+    value = raw.get("request_id")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        return uuid.uuid4().hex, None
+    problem = identifier_problem(value, MAX_REQUEST_ID_CHARS)
+    return (uuid.uuid4().hex, f"request_id {problem}") if problem else (value, None)
 
 
 @dataclass
-class TurnServices:
-    """What every turn needs; built once by the app's lifespan."""
+class Streaming:
+    """A turn while its model streams: the task to interrupt and what to cut on a cancel."""
 
-    settings: Settings
-    store: Store
-    registry: ModelRegistry
-    supervisor: Supervisor | None = None  # owns work that outlives a turn (model-written titles)
-    tools: ToolRegistry = field(default_factory=ToolRegistry)  # built-ins and MCP tools, for agentic turns
-
-
-def request_id_of(raw: dict[str, Any]) -> str:
-    """The client's request_id; a number is echoed as text (so the refusal it earns can be matched)."""
-    value = raw.get("request_id")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return value if isinstance(value, str) and value else uuid.uuid4().hex
+    task: asyncio.Task[Any]
+    streamer: Streamer
+    loop: ToolLoop | None
 
 
 class Turn:
-    """A chat request from arrival to ``fullProcessComplete``."""
+    """A chat request from arrival to ``fullProcessComplete``.
+
+    Its cancel state is ``cancel_requested`` (asked for: a turn that has not streamed yet never will) and
+    ``_streaming`` (while the model streams: what ``cancel`` interrupts); the emitter's ``cut`` records
+    that ``cancelled`` was said, after which only the closing events follow.
+    """
 
     def __init__(
-        self, raw: dict[str, Any], identity: Identity, services: TurnServices, dialect: Dialect, out: Channel
+        self,
+        raw: dict[str, Any],
+        identity: Identity,
+        services: TurnServices,
+        refusal: str | None = None,
     ) -> None:
         self.raw = raw
         self.identity = identity
         self.services = services
-        self.out = out
-        self.request_id = request_id_of(raw)
-        self.events = TurnEmitter(dialect, self.request_id, out.push, out.push_now)
+        self.request_id, bad_id = request_id_of(raw)
+        self._refusal = refusal or bad_id  # a frame the connection already found unusable
+        self.log: TurnLog = services.streams.open(identity.customer_id, self.request_id)
+        self.log.cancel = self.cancel
+        self.events = TurnEmitter(self.log, self.request_id)
         self.cancel_requested = False
-        self._stream_task: asyncio.Task[None] | None = None  # a tool loop's
-        self._streaming: asyncio.Task[Any] | None = None  # the turn's own task, while a plain turn streams
-        self._cut = False  # ``cancel`` cancelled ``_streaming``
-        self._text: TextSender | None = None  # a plain turn's, while it streams
-        self._cancel_sent = False
+        self._streaming: Streaming | None = None
+        self._answer: Answer | None = None
+        self._loop: ToolLoop | None = None
 
     def cancel(self) -> None:
         """Stop streaming now; before streaming starts, stop it from starting. After it, no effect.
 
-        A plain turn that is streaming says ``cancelled`` here and now, from the reader's task: its text
-        is cut at what was sent (nothing more gets out), so the client need not wait for the stream to
-        wind down, which under load is a few turns of a busy event loop later. A tool-using turn first
-        answers its open calls, so its ``cancelled`` comes from ``_finish``.
+        A streaming turn says ``cancelled`` here and now, from the caller's task (the reader of whichever
+        connection sent the cancel, or a REST request): its text is cut at what was sent and its open tool
+        calls get their ``Cancelled`` results first, so the client need not wait for the stream to wind
+        down, which under load is a few turns of a busy event loop later. The streaming task is then
+        cancelled, and takes the cancellation back (``_stream``).
         """
         self.cancel_requested = True
-        if self._streaming is not None:
-            if self._cut:
-                return
-            self._cut = True
-            self._streaming.cancel()  # taken back by ``_stream_plain`` (``uncancel``)
-            if self._text is not None and not self.events.complete:
-                self._text.close()
-                self.events.cancelled()
-                self._cancel_sent = True
-        elif self._stream_task is not None and not self._stream_task.done():
-            self._stream_task.cancel()
+        streaming = self._streaming
+        if streaming is None or self.events.cut or self.events.complete:
+            return
+        streaming.streamer.text.close()
+        if streaming.loop is not None:
+            streaming.loop.abandon(CANCELLED_OUTPUT, "cancelled")
+        self.events.cancelled()
+        streaming.task.cancel()
 
     def refuse(self, error: ParleyError) -> None:
         """End a turn that will not run (queue full, server shutting down) with its full bracket."""
@@ -135,6 +135,8 @@ class Turn:
             if self.events.complete:
                 return "error"
             return self._fail(ParleyError("Something went wrong on the server; the details are logged."))
+        finally:
+            self.log.cancel = None
 
     async def _run(self) -> TurnStatus:
         resolved = self._announce()
@@ -149,16 +151,27 @@ class Turn:
         except DatabaseFailed as exc:
             log.exception("turn %s: could not store the question", self.request_id)
             return self._fail(exc)
-        self.events.session_id = str(record.session_id)
-        answer = Answer()
-        loop = self._tool_loop(request, resolved, tools, answer, record) if tools else None
-        outcome = await self._stream(
-            self._provider_request(request, resolved, record, tools), resolved, answer, record, loop
-        )
+        self.events.set_session(str(record.session_id))
+        answer = self._answer = Answer()
+        self.services.streams.bind_message(self.log, record.ai_message_id)
+        self.log.live = self._live
+        loop = self._loop = self._tool_loop(request, resolved, tools, record) if tools else None
+        try:
+            outcome = await self._stream(self._provider_request(request, resolved, record, tools), resolved)
+        except Exception:  # a bug: the answer is still stored, as an error, with what was sent
+            log.exception("turn %s failed while streaming", self.request_id)
+            outcome = ParleyError("Something went wrong on the server; the details are logged.")
         status = await self._finish(record, answer, outcome, loop)
         if status == "completed" and record.new_session:
             schedule_title(self.services, resolved, record, answer.content)
         return status
+
+    def _live(self) -> LiveAnswer:
+        """What this turn has sent so far (for REST while the answer is ``streaming``)."""
+        answer = self._answer
+        assert answer is not None
+        steps = self._loop.stored() if self._loop is not None else None
+        return LiveAnswer(answer.content, answer.reasoning_text, steps, self.log.next_seq - 1)
 
     # -- stages ------------------------------------------------------------------------------------
 
@@ -180,6 +193,8 @@ class Turn:
     async def _validate(
         self, resolved: Resolved | ParleyError
     ) -> tuple[ChatRequest, Resolved, ToolSelection | None]:
+        if self._refusal is not None:
+            raise ValidationFailed(f"Invalid request: {self._refusal}.")
         try:
             request = ChatRequest.model_validate(self.raw)
         except ValidationError as exc:
@@ -256,140 +271,98 @@ class Turn:
             tools=tools.specs if tools else (),
         )
 
+    def _streamer(self, resolved: Resolved, answer: Answer) -> Streamer:
+        settings = self.services.settings
+        events = self.events
+        text = TextSender(events.text, answer, settings.coalesce_ms / 1000, events.reasoning)
+        return Streamer(
+            resolved.provider,
+            events,
+            self.log,
+            answer,
+            text,
+            settings.provider_attempts,
+            settings.provider_retry_backoff_s,
+        )
+
     def _tool_loop(
-        self,
-        request: ChatRequest,
-        resolved: Resolved,
-        tools: ToolSelection,
-        answer: Answer,
-        record: TurnRecord,
+        self, request: ChatRequest, resolved: Resolved, tools: ToolSelection, record: TurnRecord
     ) -> ToolLoop:
+        assert self._answer is not None
         settings = self.services.settings
         return ToolLoop(
-            events=self.events,
-            out=self.out,
-            answer=answer,
-            provider=resolved.provider,
+            streamer=self._streamer(resolved, self._answer),
             selection=tools,
             # The customer is the token's: a tool reaching stored data sees only this customer's sessions.
             context=ToolContext(self.identity.customer_id, self.services.store.search.messages),
             max_steps=step_limit(request.user_settings.text.max_steps, settings.max_tool_steps),
             store=self.services.store,
             message_id=record.ai_message_id,
-            coalesce_s=settings.coalesce_ms / 1000,
-            attempts=settings.provider_attempts,
-            backoff_s=settings.provider_retry_backoff_s,
+            seq=self._last_seq,
         )
 
-    async def _stream(
-        self,
-        request: ProviderRequest,
-        resolved: Resolved,
-        answer: Answer,
-        record: TurnRecord,
-        loop: ToolLoop | None = None,
-    ) -> TurnStatus | ParleyError:
-        if self.cancel_requested:
-            return "cancelled"
-        checkpoints = Checkpointer(
-            self.services.store, record.ai_message_id, answer, self.services.settings.checkpoint_interval_s
-        )
-        try:
-            if loop is None:
-                return await self._stream_plain(request, resolved, answer)
-            return await self._stream_tools(loop, request)
-        finally:
-            await checkpoints.stop()
-            if loop is not None:
-                await loop.settle()  # its step checkpoints land before the final write
+    def _last_seq(self) -> int:
+        return self.log.next_seq - 1
 
-    async def _stream_plain(
-        self, request: ProviderRequest, resolved: Resolved, answer: Answer
-    ) -> TurnStatus | ParleyError:
-        """A plain turn streams in the turn's own task: no task to start, so under load the first text is
-        a turn of the event loop sooner. ``cancel`` cancels this task while it streams, and only then; the
+    async def _stream(self, request: ProviderRequest, resolved: Resolved) -> TurnStatus | ParleyError:
+        """Stream the answer in the turn's own task: no task to start, so under load the first text is a
+        turn of the event loop sooner. ``cancel`` cancels this task while it streams, and only then; the
         cancellation is taken back here, unless someone else (the server shutting down) asked for one too.
         """
+        if self.cancel_requested:
+            return "cancelled"
+        answer, loop, record_id = self._answer, self._loop, self.log.message_id
+        assert answer is not None and record_id is not None
+        streamer = loop.streamer if loop is not None else self._streamer(resolved, answer)
+        settings = self.services.settings
+        checkpoints = Checkpointer(
+            self.services.store, record_id, answer, settings.checkpoint_interval_s, self._last_seq
+        )
         task = asyncio.current_task()
         assert task is not None
         outcome: TurnStatus | ParleyError = "completed"
-        self._streaming = task
+        self._streaming = Streaming(task, streamer, loop)
         try:
-            await self._pump(request, resolved, answer)
+            if loop is None:
+                await streamer.step(request)
+            else:
+                await loop.run(request)
         except asyncio.CancelledError:
-            if not self._cut:
+            if not self.events.cut:
                 raise
         except ParleyError as exc:
             outcome = exc
+        except Exception as exc:  # a tool loop's own failure, beyond any one tool's
+            log.exception("turn %s: the tool loop failed", self.request_id)
+            outcome = ProviderFailed("The model provider failed.")
+            outcome.__cause__ = exc
         finally:
             self._streaming = None
-        if self._cut:
+            await checkpoints.stop()
+            if loop is not None:
+                await loop.settle()  # its step checkpoints land before the final write
+        if self.events.cut:
             if task.uncancel() > 0:
                 raise asyncio.CancelledError
             return "cancelled"
         return outcome
-
-    async def _stream_tools(self, loop: ToolLoop, request: ProviderRequest) -> TurnStatus | ParleyError:
-        """A tool loop runs in a task of its own: a cancel must not stop it midway, it answers its open
-        calls first (see ``ToolLoop``)."""
-        self._stream_task = task = asyncio.create_task(loop.run(request))
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if task.cancelled():
-            return "cancelled"
-        error = task.exception()
-        if error is None:
-            return "completed"
-        return error if isinstance(error, ParleyError) else ProviderFailed("The model provider failed.")
-
-    async def _pump(self, request: ProviderRequest, resolved: Resolved, answer: Answer) -> None:
-        """Provider events → client events. The hot path: no database, no logging, no needless awaits."""
-        events, out = self.events, self.out
-        settings = self.services.settings
-        text = self._text = TextSender(events.text, answer, settings.coalesce_ms / 1000)
-        stream = stream_with_retries(
-            resolved.provider, request, settings.provider_attempts, settings.provider_retry_backoff_s
-        )
-        try:
-            async for item in stream:
-                if isinstance(item, TextDelta):
-                    if item.text:
-                        text.add(item.text)
-                elif isinstance(item, ReasoningDelta):
-                    if item.text:
-                        text.reasoning(item.text, events.reasoning)
-                elif isinstance(item, Usage):
-                    answer.add_usage(item)
-                # No tool events: a request offering tools runs in a ToolLoop (parley/agent.py) instead.
-                if out.congested:
-                    await out.wait_ready()
-        except ParleyError:
-            raise
-        except Exception as exc:  # an unmapped provider failure: log it all, tell the client little
-            log.exception("turn %s: provider %s failed", self.request_id, resolved.provider.name)
-            raise ProviderFailed("The model provider failed.") from exc
-        finally:
-            text.flush()  # what arrived goes out before the turn's closing events, also on cancel
-            await stream.aclose()
 
     async def _finish(
         self, record: TurnRecord, answer: Answer, outcome: TurnStatus | ParleyError, loop: ToolLoop | None
     ) -> TurnStatus:
         status: TurnStatus
         error_code = None
+        said_error = isinstance(outcome, ParleyError)
         if isinstance(outcome, ParleyError):
             status, error_code = "error", outcome.code
             self.events.error(outcome.stage, outcome.code, outcome.message)
         else:
             status = outcome
-            if status == "cancelled" and not self._cancel_sent:
-                self.events.cancelled()
+            if status == "cancelled":
+                self.events.cancelled()  # said already if it was cut while streaming
         usage = dict(answer.usage) or None
         try:
-            await self.services.store.finish_turn(
+            stored = await self.services.store.finish_turn(
                 session_id=record.session_id,
                 ai_message_id=record.ai_message_id,
                 content=answer.content,
@@ -397,16 +370,29 @@ class Turn:
                 status=status,
                 usage=usage,
                 error_code=error_code,
+                seq=self._last_seq(),
                 tool_steps=loop.stored() if loop is not None else None,
             )
         except DatabaseFailed as exc:
             log.exception("turn %s: could not store the answer", self.request_id)
-            return self._fail(exc)
+            return self._fail(exc, said_error)
+        finally:
+            self.log.live = None
+        if not stored:  # closed by recovery meanwhile: this server was taken for dead (a long pause)
+            log.warning("turn %s: its answer was closed as interrupted meanwhile", self.request_id)
+            interrupted = DatabaseFailed(
+                "This answer was closed as interrupted while this server was unresponsive; "
+                "the stored answer is what it had then.",
+                code="interrupted",
+            )
+            return self._fail(interrupted, said_error)
         self.events.db_operation(str(record.user_message_id), str(record.ai_message_id), status, usage)
         self.events.complete_turn(status)
         return status
 
-    def _fail(self, error: ParleyError) -> TurnStatus:
-        self.events.error(error.stage, error.code, error.message)
+    def _fail(self, error: ParleyError, said_error: bool = False) -> TurnStatus:
+        """End with ``error`` (one per turn: not again when the turn said one already) and the end."""
+        if not said_error:
+            self.events.error(error.stage, error.code, error.message)
         self.events.complete_turn("error")
         return "error"

@@ -16,10 +16,11 @@ import httpx
 import httpx2
 import pytest
 
-from parley.app import Runtime, create_app
+from parley.app import create_app
 from parley.auth import mint_token
 from parley.config import Settings
 from parley.server import ParleyServer
+from parley.services import Runtime
 from parley.store.repository import Store
 from tests.providers.fake_anthropic import FakeAnthropic
 from tests.providers.fake_openai import FakeOpenAI

@@ -13,7 +13,12 @@ from tests.conftest import live_server, make_settings
 def sender(window_s: float) -> tuple[TextSender, list[str], Answer]:
     sent: list[str] = []
     answer = Answer()
-    return TextSender(sent.append, answer, window_s), sent, answer
+
+    def emit(piece: str) -> str:
+        sent.append(piece)
+        return piece
+
+    return TextSender(emit, answer, window_s), sent, answer
 
 
 async def test_without_a_window_every_delta_is_an_event() -> None:
@@ -38,10 +43,11 @@ async def test_window_timer_releases_pending_text() -> None:
     released = asyncio.Event()
     sent: list[str] = []
 
-    def emit(piece: str) -> None:
+    def emit(piece: str) -> str:
         sent.append(piece)
         if len(sent) == 2:
             released.set()
+        return piece
 
     text = TextSender(emit, Answer(), 0.02)
     text.add("a")

@@ -121,7 +121,12 @@ async def test_parleys_coalesced_frames_count_the_models_deltas_exactly() -> Non
     deltas counted."""
     pieces = split_answer(answer_text(40, 8), 40)
     sent: list[str] = []
-    sender = TextSender(sent.append, Answer(), 0.02)
+
+    def send(piece: str) -> str:
+        sent.append(piece)
+        return piece
+
+    sender = TextSender(send, Answer(), 0.02)
     for piece in pieces:
         sender.add(piece)
         await asyncio.sleep(0)

@@ -21,8 +21,8 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from parley.connection import DirectSend
 from parley.store.tables import Message
+from parley.uvicorn_ws import DirectSend
 from tests.conftest import LiveServer, live_server, make_settings
 from tests.invariants import Frame, TurnSummary, check_turn
 from tests.wsclient import ChatClient, chat_frame

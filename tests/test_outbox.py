@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Literal
 
-from parley.connection import DirectSend, Outbox
+from parley.outbox import Outbox
+from parley.uvicorn_ws import DirectSend
 
 
 @dataclass

@@ -37,7 +37,7 @@ SEED_TIMEOUT_S = 10.0
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-Seeder = Callable[[], dict[str, str]]
+Seeder = Callable[[bool], dict[str, str]]
 
 
 def fuzz(spec: dict[str, Any], base_url: str, token: str, seed: Seeder) -> list[str]:
@@ -50,7 +50,8 @@ def fuzz(spec: dict[str, Any], base_url: str, token: str, seed: Seeder) -> list[
     failures: list[str] = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), f"the OpenAPI description does not load: {result.err()}"
-        operation, statuses, real = result.ok(), set[int](), seed()
+        operation = result.ok()
+        statuses, real = set[int](), seed("{request_id}" in operation.path)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             test = _property(operation.as_strategy(generation_mode=mode), base_url, token, real, statuses)
             try:
@@ -86,8 +87,8 @@ def _property(strategy: Any, base_url: str, token: str, real: dict[str, str], st
 
 def _aim(case: Case[Any], real: dict[str, str]) -> None:
     """Point the case at the real session and message (path parameters, and a message_id in a body)."""
-    for name in ("session_id", "message_id"):
-        if case.path_parameters and name in case.path_parameters:
+    for name in ("session_id", "message_id", "request_id"):
+        if case.path_parameters and name in case.path_parameters and name in real:
             case.path_parameters[name] = real[name]
     if isinstance(case.body, dict) and "message_id" in case.body:
         case.body["message_id"] = real["message_id"]
@@ -101,15 +102,29 @@ def hypothesis_home(tmp_path: Path) -> Iterator[None]:
     set_hypothesis_home_dir(None)
 
 
-async def seeded(server: LiveServer, customer: str) -> dict[str, str]:
-    """A branched session of ``customer``: its id and its second user message's id."""
+async def seeded(server: LiveServer, customer: str, running: bool) -> dict[str, str]:
+    """A branched session of ``customer``: its id and its second user message's id; with ``running``, also
+    the request_id of a turn left running (its client gone) for the operations that name one."""
     async with await server.client(customer) as client:
         first = await completed(client, "Seed session for the fuzzer")
         second = await completed(client, "A second turn", session_id=first.session_id or "")
         await send_turn(
             client, branch_frame(first.session_id or "", "A branch", edit_of=second.user_message_id)
         )
-    return {"session_id": first.session_id or "", "message_id": second.user_message_id or ""}
+        seed = {"session_id": first.session_id or "", "message_id": second.user_message_id or ""}
+        if running:
+            rid = await client.chat("Still going", options={"chunks": 1000, "delay_ms": 50})
+            await client.wait_for(rid, "text")
+            seed["request_id"] = rid
+    return seed
+
+
+async def stop_running(server: LiveServer, customer: str, seeds: list[dict[str, str]]) -> None:
+    """Cancel the turns the seeds left running (those the fuzzer did not), so the server stops at once."""
+    async with server.http(customer) as http:
+        for seed in seeds:
+            if "request_id" in seed:
+                await http.post(f"/api/v1/turns/{seed['request_id']}/cancel")
 
 
 @pytest.mark.usefixtures("hypothesis_home")
@@ -118,9 +133,16 @@ async def test_the_api_holds_its_openapi_description(server: LiveServer) -> None
     async with server.http(None) as http:
         spec = (await http.get("/openapi.json")).json()
 
-    def seed() -> dict[str, str]:  # called from the fuzzing thread; the seeding runs in this loop
-        return asyncio.run_coroutine_threadsafe(seeded(server, customer), loop).result(SEED_TIMEOUT_S)
+    seeds: list[dict[str, str]] = []
+
+    def seed(running: bool) -> dict[str, str]:  # called from the fuzzing thread; seeding runs in this loop
+        made = asyncio.run_coroutine_threadsafe(seeded(server, customer, running), loop)
+        seeds.append(made.result(SEED_TIMEOUT_S))
+        return seeds[-1]
 
     run = asyncio.to_thread(fuzz, spec, server.http_url, server.token(customer), seed)
-    failures = await asyncio.wait_for(run, RUN_TIMEOUT_S)
+    try:
+        failures = await asyncio.wait_for(run, RUN_TIMEOUT_S)
+    finally:
+        await stop_running(server, customer, seeds)
     assert not failures, "\n\n".join(failures)

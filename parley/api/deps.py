@@ -8,8 +8,8 @@ from fastapi import Depends, Request, status
 from fastapi.security import HTTPBearer
 
 from parley.api.errors import ApiError
-from parley.app import Runtime, runtime_of
 from parley.auth import AuthError, Identity, token_from
+from parley.services import Runtime, runtime_of
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -10,19 +11,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from parley.store.history import SessionRow, SessionView
 from parley.store.tables import Message
+from parley.streams import LiveAnswer
+from parley.text import StoredText, storable
 
 MAX_TAGS = 20
-
-
-def _storable(value: str) -> str:
-    """Text a database can hold: no NUL characters, valid Unicode (no lone surrogates)."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text") from None
-    return value
 
 
 def _utc(value: datetime) -> datetime:
@@ -40,21 +32,21 @@ def _trimmed(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_storable)]
+Text = StoredText
 UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 Title = Annotated[
-    str, Field(min_length=1, max_length=255), AfterValidator(_storable), AfterValidator(_trimmed)
+    str, Field(min_length=1, max_length=255), AfterValidator(storable), AfterValidator(_trimmed)
 ]
-Tag = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_storable), AfterValidator(_trimmed)]
+Tag = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(storable), AfterValidator(_trimmed)]
 
 
 def _storable_json(value: Any) -> Any:
-    """A JSON value whose every string (keys too) is ``_storable``."""
+    """A JSON value whose every string (keys too) is ``storable``."""
     if isinstance(value, str):
-        return _storable(value)
+        return storable(value)
     if isinstance(value, dict):
         for key, item in value.items():
-            _storable(key)
+            storable(key)
             _storable_json(item)
     elif isinstance(value, list):
         for item in value:
@@ -110,11 +102,27 @@ class MessageOut(BaseModel):
     sibling_ids: list[uuid.UUID] = Field(
         description="This message and its alternatives (same parent), oldest first: the branch switcher"
     )
+    seq: int | None = Field(
+        description="A streaming answer only: the seq of the turn's last event that content (and "
+        "reasoning, tool_steps) include; resume with after_seq = seq to get the rest (docs/protocol.md "
+        "section 5). Null otherwise."
+    )
 
     @classmethod
-    def of(cls, row: Message, siblings: list[uuid.UUID]) -> MessageOut:
-        fields = {name: getattr(row, name) for name in cls.model_fields if name != "sibling_ids"}
+    def of(cls, row: Message, siblings: list[uuid.UUID], live: LiveAnswer | None = None) -> MessageOut:
+        """The stored row; for an answer still streaming in this server, what its turn has sent so far."""
+        fields = {name: getattr(row, name) for name in cls.model_fields if name not in _DERIVED}
+        fields["seq"] = row.stream_seq if row.status == "streaming" else None
+        if live is not None and row.status == "streaming":
+            fields |= {"content": live.content, "reasoning": live.reasoning, "seq": live.seq}
+            fields["tool_steps"] = live.tool_steps
         return cls(**fields, sibling_ids=siblings)
+
+
+_DERIVED = frozenset({"sibling_ids", "seq"})
+
+
+LiveLookup = Callable[[uuid.UUID], LiveAnswer | None]
 
 
 class SessionOut(BaseModel):
@@ -127,9 +135,15 @@ class SessionOut(BaseModel):
     messages: list[MessageOut] = Field(description="The active branch, from the first message to the leaf")
 
     @classmethod
-    def of(cls, view: SessionView) -> SessionOut:
+    def of(cls, view: SessionView, live: LiveLookup | None = None) -> SessionOut:
+        """The session's active branch; ``live`` gives an answer still streaming as its turn has it now."""
         s = view.session
-        messages = [MessageOut.of(m, view.siblings.get(m.id, [m.id])) for m in view.path]
+        messages = [
+            MessageOut.of(
+                m, view.siblings.get(m.id, [m.id]), live(m.id) if live and m.status == "streaming" else None
+            )
+            for m in view.path
+        ]
         return cls(
             id=s.id,
             title=s.title,

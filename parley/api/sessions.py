@@ -73,9 +73,13 @@ async def list_sessions(
 
 @router.get("/sessions/{session_id}", responses=error_responses(404))
 async def get_session(session_id: str, customer: CurrentCustomer, runtime: AppRuntime) -> SessionOut:
-    """The session with the messages of its active branch, root first, each with its sibling ids."""
+    """The session with the messages of its active branch, root first, each with its sibling ids.
+
+    An answer still streaming shows what its turn has sent so far, with the ``seq`` of the last event that
+    includes: render it, then ``resume`` with ``after_seq`` = ``seq`` (docs/protocol.md section 5).
+    """
     view = await runtime.store.history.view(customer.customer_id, session_key(session_id))
-    return SessionOut.of(view)
+    return SessionOut.of(view, runtime.streams.live_answer)
 
 
 @router.patch("/sessions/{session_id}", responses=error_responses(400, 404))
@@ -108,7 +112,7 @@ async def switch_branch(
     """
     key, message = session_key(session_id), message_key(body.message_id)
     view = await runtime.store.history.switch(customer.customer_id, key, message)
-    return SessionOut.of(view)
+    return SessionOut.of(view, runtime.streams.live_answer)
 
 
 @router.delete(

@@ -13,9 +13,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from parley.app import runtime_of
 from parley.auth import AuthError, token_from
 from parley.connection import Connection
+from parley.services import runtime_of
 
 log = logging.getLogger("parley.api")
 

@@ -8,6 +8,7 @@ it; once the script is used up, the model answers with the tool results it was s
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
@@ -162,7 +163,8 @@ def tool_results_answer(turn: Sequence[ChatMessage]) -> str | None:
 
 
 class DemoProvider(Provider):
-    """Options: ``chunks``, ``delay_ms``, ``text``, ``reasoning``, ``fail_after`` (see docs/protocol.md);
+    """Options: ``chunks``, ``delay_ms``, ``text``, ``reasoning``, ``fail_after``, ``escapes`` (see
+    docs/protocol.md);
     with tools: ``tool_calls``, ``tool_steps``, ``repeat_tool_calls``, ``tool_text`` (docs/providers.md)."""
 
     name = "demo"
@@ -182,6 +184,8 @@ class DemoProvider(Provider):
                 raise ValidationFailed(f"options.{key} must be a string.")
         if options.get("text") == "":
             raise ValidationFailed("options.text must not be empty.")
+        if not isinstance(options.get("escapes", False), bool):
+            raise ValidationFailed("options.escapes must be true or false.")
         tool_script(options)
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
@@ -192,7 +196,7 @@ class DemoProvider(Provider):
         delay = float(options.get("delay_ms") or 0) / 1000
         yield Usage(input_tokens=sum(approx_tokens(m.content) for m in request.messages))
         if reasoning := options.get("reasoning"):
-            for piece in split_answer(reasoning, None):
+            for piece in split_answer(_unescaped(reasoning, options), None):
                 await asyncio.sleep(delay)
                 yield ReasoningDelta(piece)
         if calls:
@@ -200,6 +204,7 @@ class DemoProvider(Provider):
         else:
             prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
             text = options.get("text") or tool_results_answer(turn) or default_answer(prompt)
+        text = _unescaped(text, options)
         pieces = split_answer(text, options.get("chunks")) if text else []
         fail_after: int | None = options.get("fail_after")
         for sent, piece in enumerate(pieces):
@@ -219,6 +224,17 @@ class DemoProvider(Provider):
         if request.tools:
             message = ChatMessage("assistant", text, tool_calls=tuple(made))
             yield StepEnd("tool_use" if made else "end", message)
+
+
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def _unescaped(text: str, options: Mapping[str, Any]) -> str:
+    """With ``escapes``, ``\\uXXXX`` in the text becomes that code point, lone surrogates included: what a
+    real model's stream can carry, and a client frame cannot (parley/text.py refuses it)."""
+    if not options.get("escapes"):
+        return text
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
 def _arguments(call: ScriptedCall) -> Mapping[str, Any] | str:

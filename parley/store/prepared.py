@@ -79,23 +79,25 @@ class Statements:
     def rows(self, conn: Connection, statement: ClauseElement, params: Params) -> list[Any]:
         """A SELECT's rows, with attribute access as ``Row`` objects have."""
         prepared = self.prepare(conn, statement, params)
-        return prepared.rows(self._run(conn, prepared, "execute", prepared.args(params)))
+        return prepared.rows(self._run(conn, prepared, "execute", prepared.args(params))[0])
 
-    def execute(self, conn: Connection, statement: ClauseElement, params: Params) -> None:
+    def execute(self, conn: Connection, statement: ClauseElement, params: Params) -> int:
+        """Run a write; return the number of rows it matched."""
         prepared = self.prepare(conn, statement, params)
-        self._run(conn, prepared, "execute", prepared.args(params))
+        return self._run(conn, prepared, "execute", prepared.args(params))[1]
 
     def executemany(self, conn: Connection, statement: ClauseElement, rows: Sequence[Params]) -> None:
         prepared = self.prepare(conn, statement, rows[0])
         self._run(conn, prepared, "executemany", [prepared.args(row) for row in rows])
 
     @staticmethod
-    def _run(conn: Connection, prepared: Prepared, method: str, args: Any) -> list[Any]:
+    def _run(conn: Connection, prepared: Prepared, method: str, args: Any) -> tuple[list[Any], int]:
         dbapi = conn.dialect.loaded_dbapi
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             getattr(cursor, method)(prepared.sql, args)
-            return list(cursor.fetchall()) if prepared.row is not None else []
+            rows = list(cursor.fetchall()) if prepared.row is not None else []
+            return rows, cursor.rowcount
         except dbapi.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, OperationalError, ...)
             raise DBAPIError.instance(prepared.sql, args, exc, dbapi.Error) from exc
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -11,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley.errors import DatabaseFailed
+from parley.errors import DatabaseFailed, ParleyError
 from parley.store.branches import ContextMessage
 from parley.store.db import DbSession, WriteGate, sessionmaker
 from parley.store.history import History
@@ -23,6 +25,11 @@ from parley.store.writer import Write, writer_for
 __all__ = ["ContextMessage", "Store", "TurnRecord", "parse_uuid", "title_from"]
 
 T = TypeVar("T")
+log = logging.getLogger("parley.store")
+
+# The final write of an answer is tried this often, a moment apart: a write that failed because its
+# connection died (the database restarted, its backends were terminated) gets a fresh one the next time.
+FINAL_WRITE_BACKOFF_S = (0.05, 0.25, 1.0)
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -35,8 +42,9 @@ def parse_uuid(value: str) -> uuid.UUID | None:
 class Store:
     """Sessions and messages over one engine. Every failure surfaces as ``DatabaseFailed``."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, owner_id: str | None = None) -> None:
         self.engine = engine
+        self.owner_id = owner_id or uuid.uuid4().hex  # this server process, the owner of its answers
         self._sessions = sessionmaker(engine)
         self.writing = WriteGate(engine)
         self._writer = writer_for(engine)
@@ -82,7 +90,16 @@ class Store:
         and nothing is stored.
         """
         start = StartTurn(
-            customer_id, session_id, prompt, model, provider, request_id, imported, edit_of, regenerate
+            customer_id,
+            session_id,
+            prompt,
+            model,
+            provider,
+            request_id,
+            imported,
+            edit_of,
+            regenerate,
+            self.owner_id,
         )
         return await self._write(start, "The message could not be saved; nothing was stored.")
 
@@ -91,10 +108,12 @@ class Store:
         ai_message_id: uuid.UUID,
         content: str,
         reasoning: str | None,
+        seq: int | None = None,
         tool_steps: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Store the answer so far (and an agentic turn's steps so far); the row stays ``streaming``."""
-        save = SaveAnswer(ai_message_id, content, reasoning, tool_steps)
+        """Store the answer so far (and an agentic turn's steps so far) as of the turn's event ``seq``;
+        the row stays ``streaming``."""
+        save = SaveAnswer(ai_message_id, content, reasoning, seq, tool_steps)
         await self._write(save, "The answer could not be saved.")
 
     async def finish_turn(
@@ -107,23 +126,41 @@ class Store:
         status: str,
         usage: dict[str, Any] | None,
         error_code: str | None,
+        seq: int | None = None,
         tool_steps: list[dict[str, Any]] | None = None,
-    ) -> None:
-        """Store the final answer with its status, usage and tool steps (if any); touch the session."""
+    ) -> bool:
+        """Store the final answer with its status, usage and tool steps (if any); touch the session.
+
+        Tried again, a moment later, when it fails: the answer is never left ``streaming`` because the
+        connection it was written on died. False when recovery closed the answer meanwhile (see
+        ``FinishTurn``).
+        """
         finish = FinishTurn(
-            session_id, ai_message_id, content, reasoning, status, usage, error_code, tool_steps
+            session_id, ai_message_id, content, reasoning, status, usage, error_code, seq, tool_steps
         )
-        await self._write(finish, "The answer could not be saved.")
+        for pause in FINAL_WRITE_BACKOFF_S:
+            try:
+                return await self._write(finish, "The answer could not be saved.")
+            except DatabaseFailed:
+                log.warning("storing answer %s failed; trying again in %.2fs", ai_message_id, pause)
+            await asyncio.sleep(pause)
+        return await self._write(finish, "The answer could not be saved.")
 
     @property
     def write_engine(self) -> Engine:
         """Where the turns' own writes go: on SQLite the writer thread's engine, else ``engine``'s."""
         return self._writer.engine
 
+    async def run(self, write: Write[T], failure: str) -> T:
+        """Run a write function in the turns' writer (see writer.py); any failure is ``DatabaseFailed``."""
+        return await self._write(write, failure)
+
     async def _write(self, write: Write[T], failure: str) -> T:
         try:
             return await self._writer.run(write)
-        except SQLAlchemyError as exc:
+        except ParleyError:
+            raise  # a refusal (session_not_found, …) or the writer's own DatabaseFailed
+        except Exception as exc:  # SQLAlchemy's, and what drivers raise past it (asyncpg's, OSError)
             raise DatabaseFailed(failure) from exc
 
     async def close(self) -> None:

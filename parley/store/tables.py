@@ -10,7 +10,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, Text, TypeDecorator, Uuid
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -67,6 +79,12 @@ class Message(Base):
     __table_args__ = (
         Index("ix_chat_messages_session_created", "session_id", "created_at"),
         Index("ix_chat_messages_parent_id", "parent_id"),
+        Index(
+            "ix_chat_messages_streaming",
+            "owner_id",
+            sqlite_where=text("status = 'streaming'"),
+            postgresql_where=text("status = 'streaming'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -90,3 +108,23 @@ class Message(Base):
     # results: [{call_id, output, is_error}]}]; null for an answer that called no tool. ``content`` stays
     # the whole text sent, the steps' texts first (see parley/agent.py).
     tool_steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    # The server process streaming this answer (parley/recovery.py), and the seq of the turn's last event
+    # that ``content`` reflects (written with each checkpoint and at the end).
+    owner_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    stream_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class ServerProcess(Base):
+    """A running Parley process and its lease: ``heartbeat_at`` (seconds since the epoch, on the database's
+    clock where it has one) is renewed every third of ``PARLEY_OWNER_LEASE_S``. ``host_key`` (boot id and
+    PID namespace) and ``pid_started`` let a process on the same host tell at once that another has died."""
+
+    __tablename__ = "parley_processes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    host_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    pid_started: Mapped[str | None] = mapped_column(String(64), default=None)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ClauseElement, Executable, Select
 
@@ -58,23 +58,33 @@ MOVE_LEAF = (
 TOUCH_SESSION = (
     update(_sessions).where(_sessions.c.id == bindparam("sid")).values(updated_at=bindparam("now"))
 )
+# Checkpoints and the final write touch only an answer still ``streaming``: once recovery has closed it as
+# interrupted (its server was taken for dead), a late write from that server changes nothing.
+_STILL_STREAMING = (_messages.c.id == bindparam("mid"), text("status = 'streaming'"))
 SAVE_ANSWER = (
     update(_messages)
-    .where(_messages.c.id == bindparam("mid"))
-    .values(content=bindparam("content"), reasoning=bindparam("reasoning"), updated_at=bindparam("now"))
+    .where(*_STILL_STREAMING)
+    .values(
+        content=bindparam("content"),
+        reasoning=bindparam("reasoning"),
+        stream_seq=bindparam("seq"),
+        updated_at=bindparam("now"),
+    )
 )
 FINISH_ANSWER = (
     update(_messages)
-    .where(_messages.c.id == bindparam("mid"))
+    .where(*_STILL_STREAMING)
     .values(
         content=bindparam("content"),
         reasoning=bindparam("reasoning"),
         status=bindparam("status"),
         usage=bindparam("usage"),
         error_code=bindparam("error_code"),
+        stream_seq=bindparam("seq"),
         updated_at=bindparam("now"),
     )
 )
+ANSWER_EXISTS = select(_messages.c.id).where(_messages.c.id == bindparam("mid"))
 # The same with the answer's tool steps: only agentic turns write the column (and pay for its JSON).
 SAVE_TOOL_ANSWER = SAVE_ANSWER.values(tool_steps=bindparam("steps"))
 FINISH_TOOL_ANSWER = FINISH_ANSWER.values(tool_steps=bindparam("steps"))
@@ -109,6 +119,7 @@ class StartTurn:
     imported: Sequence[ContextMessage] = ()
     edit_of: str | None = None
     regenerate: str | None = None
+    owner_id: str | None = None  # the server process that streams the answer (parley/recovery.py)
     # Made up front, so every statement can name them and a retried batch writes the same rows.
     ids: list[uuid.UUID] = field(default_factory=list)
 
@@ -166,11 +177,13 @@ class StartTurn:
             "status": "completed",
             "model": None,
             "provider": None,
+            "owner_id": None,
+            "stream_seq": None,
         }
         turn = [{**common, "role": m.role, "content": m.content} for m in imported]
         if not where.question:
             turn.append({**common, "role": "user", "content": self.prompt})
-        answer = {"role": "assistant", "content": "", "status": "streaming"}
+        answer = {"role": "assistant", "content": "", "status": "streaming", "owner_id": self.owner_id}
         turn.append({**common, **answer, "model": self.model, "provider": self.provider})
         parent: object = where.parent
         for offset, message in enumerate(turn):
@@ -197,11 +210,13 @@ class StartTurn:
 
 @dataclass(frozen=True)
 class SaveAnswer:
-    """A checkpoint: the answer so far (and an agentic turn's steps so far); the row stays ``streaming``."""
+    """A checkpoint: the answer so far (and an agentic turn's steps so far) as of the turn's event ``seq``;
+    the row stays ``streaming``."""
 
     message_id: uuid.UUID
     content: str
     reasoning: str | None
+    seq: int | None = None
     tool_steps: list[dict[str, Any]] | None = None  # None leaves the column as it is
 
     @property
@@ -210,15 +225,20 @@ class SaveAnswer:
 
     def __call__(self, conn: Connection) -> None:
         params = {"mid": self.message_id, "content": self.content, "reasoning": self.reasoning}
+        params |= {"seq": self.seq, "now": utcnow()}
         if self.tool_steps is None:
-            _execute(conn, SAVE_ANSWER, {**params, "now": utcnow()})
+            _execute(conn, SAVE_ANSWER, params)
         else:
-            _execute(conn, SAVE_TOOL_ANSWER, {**params, "steps": self.tool_steps, "now": utcnow()})
+            _execute(conn, SAVE_TOOL_ANSWER, {**params, "steps": self.tool_steps})
 
 
 @dataclass(frozen=True)
 class FinishTurn:
-    """The final answer with its status and usage; the session's activity time moves on."""
+    """The final answer with its status and usage; the session's activity time moves on.
+
+    Returns False when the answer was no longer ``streaming`` (recovery closed it as interrupted): then
+    nothing is written. An answer that is gone (its session was deleted meanwhile) counts as written.
+    """
 
     session_id: uuid.UUID
     message_id: uuid.UUID
@@ -227,21 +247,26 @@ class FinishTurn:
     status: str
     usage: dict[str, Any] | None
     error_code: str | None
+    seq: int | None = None
     tool_steps: list[dict[str, Any]] | None = None  # an agentic turn's steps; None leaves the column be
 
     @property
     def lane_key(self) -> uuid.UUID:
         return self.session_id
 
-    def __call__(self, conn: Connection) -> None:
+    def __call__(self, conn: Connection) -> bool:
         now = utcnow()
         answer = {"mid": self.message_id, "content": self.content, "reasoning": self.reasoning}
-        final = {"status": self.status, "usage": self.usage, "error_code": self.error_code}
+        final = {"status": self.status, "usage": self.usage, "error_code": self.error_code, "seq": self.seq}
         if self.tool_steps is None:
-            _execute(conn, FINISH_ANSWER, {**answer, **final, "now": now})
+            matched = _execute(conn, FINISH_ANSWER, {**answer, **final, "now": now})
         else:
-            _execute(conn, FINISH_TOOL_ANSWER, {**answer, **final, "steps": self.tool_steps, "now": now})
+            steps = {"steps": self.tool_steps, "now": now}
+            matched = _execute(conn, FINISH_TOOL_ANSWER, {**answer, **final, **steps})
+        if matched == 0:
+            return not _rows(conn, ANSWER_EXISTS, {"mid": self.message_id})
         _execute(conn, TOUCH_SESSION, {"sid": self.session_id, "now": now})
+        return True
 
 
 # The SQLite writer thread's statements, prepared once (see prepared.py); other drivers use ``execute``.
@@ -258,11 +283,11 @@ def _rows(conn: Connection, statement: Select[Any], params: dict[str, Any]) -> S
     return conn.execute(statement, params).all()
 
 
-def _execute(conn: Connection, statement: Executable, params: dict[str, Any]) -> None:
+def _execute(conn: Connection, statement: Executable, params: dict[str, Any]) -> int:
+    """Run a write; return the number of rows it matched."""
     if _fast(conn):
-        _PREPARED.execute(conn, cast("ClauseElement", statement), params)
-    else:
-        conn.execute(statement, params)
+        return _PREPARED.execute(conn, cast("ClauseElement", statement), params)
+    return conn.execute(statement, params).rowcount
 
 
 def _execute_many(conn: Connection, statement: Executable, rows: list[dict[str, Any]]) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.errors import DatabaseFailed, ParleyError
 from parley.store.db import SQLITE_BUSY_TIMEOUT_MS, sqlite_pragmas
@@ -124,8 +124,13 @@ class SqliteWriter:
                     except Exception as exc:  # the next batch tries again
                         self._settle([(job, exc, False) for job in batch])
                     else:
-                        self._settle(run_batch(conn, batch))
+                        outcomes = run_batch(conn, batch)
+                        self._settle(outcomes)
                         self._wal.written()
+                        if _failed(outcomes):  # the next batch gets a fresh connection
+                            with contextlib.suppress(Exception):
+                                conn.invalidate()
+                            conn = None
                 if stop:
                     return
         finally:
@@ -271,6 +276,8 @@ class _Lane:
                 try:
                     async with self._engine.connect() as conn:
                         outcomes = await conn.run_sync(run_batch, batch)
+                        if _failed(outcomes):
+                            await _discard(conn)
                 except Exception as exc:  # no connection: this batch fails, the next one tries again
                     outcomes = [(job, exc, False) for job in batch]
                 _resolve(outcomes)
@@ -286,6 +293,19 @@ class _Lane:
                 return batch, False
             item = self._queue.get_nowait()
         return batch, True
+
+
+def _failed(outcomes: list[_Outcome]) -> bool:
+    """A write of the batch failed, other than by a refusal."""
+    return any(not ok and not isinstance(value, ParleyError) for _, value, ok in outcomes)
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """A write failed on this connection: never hand it out again. The driver may not know it is broken
+    (asyncpg's "cannot switch to state" after its backend was terminated), and a retry must get a fresh
+    connection rather than the same dead one."""
+    with contextlib.suppress(Exception):
+        await conn.invalidate()
 
 
 def run_batch(conn: Connection, batch: list[_Job]) -> list[_Outcome]:

@@ -52,7 +52,7 @@ async def test_0003_adds_tool_steps_and_goes_down(empty_url: str) -> None:
                 provider="demo",
                 request_id="r",
             )
-            await store.checkpoint(record.ai_message_id, "", None, STEPS)
+            await store.checkpoint(record.ai_message_id, "", None, 3, STEPS)
             await store.finish_turn(
                 session_id=session_id,
                 ai_message_id=record.ai_message_id,

@@ -1,0 +1,381 @@
+"""Per-turn event logs: every event of a turn, in order, kept for the connections that follow the turn.
+
+A turn logs each event before any connection sees it (``TurnLog.append``). The connections that follow the
+turn (the one that sent it, and any that ``resume`` it) are ``Follower``s, each encoding the events in its
+own dialect: the log holds them dialect-neutral (``protocol.Kind`` and a body). A follower that joins late
+first replays what it missed from the log, as fast as its socket takes it, then follows live; between the
+last replayed event and going live there is no ``await``, so nothing falls between the two.
+
+A log lives while its turn runs and for ``PARLEY_RESUME_TTL_S`` after its last event. Memory is bounded
+twice: one turn's log keeps at most ``PARLEY_RESUME_TURN_BYTES`` (its oldest events go first), and all logs
+together ``PARLEY_RESUME_BUFFER_BYTES`` (ended turns go first, oldest ended first; then the oldest events of
+the biggest running turns). A resume that needs an event no longer kept gets ``stream_expired``.
+
+``TurnStreams`` is the registry: logs by (customer, request_id), for ``resume`` and cancel from anywhere,
+and by answer message, for the REST view of an answer still streaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from parley.config import Dialect
+from parley.protocol import FrameEncoder, Kind
+
+# What one logged event costs beyond its body's characters: the body's str header (49 bytes for ASCII text),
+# its list slot and its kind's byte, rounded up. The bench's resume scenario measures the real cost.
+ENTRY_OVERHEAD = 64
+EXPIRY_SWEEP_MAX_S = 5.0
+NO_SESSION = 1 << 62  # ``session_seq`` until the session exists: no event carries it
+
+
+class Outlet(Protocol):
+    """Where a follower's frames go: a connection's ``Outbox``."""
+
+    congested: bool
+    detached: bool
+
+    def push(self, data: str) -> None: ...
+
+    def push_now(self, data: str) -> None: ...
+
+    async def wait_ready(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LiveAnswer:
+    """A streaming answer as its turn has it now: every text delta sent up to and including ``seq``."""
+
+    content: str
+    reasoning: str | None
+    tool_steps: list[dict[str, Any]] | None
+    seq: int
+
+
+class Expired(Exception):
+    """A follower needs an event its log no longer keeps."""
+
+
+class TurnLog:
+    """One turn's events, numbered from 0, and the followers they are handed to as they are logged."""
+
+    __slots__ = (
+        "_base",
+        "_streams",
+        "bodies",
+        "bytes",
+        "cancel",
+        "customer_id",
+        "ended_at",
+        "first_seq",
+        "followers",
+        "kinds",
+        "live",
+        "message_id",
+        "next_seq",
+        "request_id",
+        "session_id",
+        "session_seq",
+    )
+
+    def __init__(self, streams: TurnStreams, customer_id: str, request_id: str) -> None:
+        self._streams = streams
+        self.customer_id = customer_id
+        self.request_id = request_id
+        self.kinds = bytearray()
+        self.bodies: list[str] = []  # bodies[i] is the event with seq _base + i
+        self._base = 0
+        self.first_seq = 0  # the oldest event still kept
+        self.next_seq = 0
+        self.bytes = 0
+        self.session_id: str | None = None
+        self.session_seq = NO_SESSION  # events from this seq on carry session_id
+        self.followers: list[Follower] = []  # replaced, never changed in place: ``append`` iterates it
+        self.ended_at: float | None = None
+        # Set by the turn: how to stop it (while it waits or runs) and what it has said so far (while
+        # its answer row is ``streaming``).
+        self.cancel: Callable[[], None] | None = None
+        self.live: Callable[[], LiveAnswer] | None = None
+        self.message_id: uuid.UUID | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+    def append(self, kind: int, body: str, urgent: bool = False) -> int:
+        """Log one event and hand it to every follower; return its seq."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        self.kinds.append(kind)
+        self.bodies.append(body)
+        size = len(body) + ENTRY_OVERHEAD
+        self.bytes += size
+        streams = self._streams
+        streams.total += size
+        session = self.session_id
+        for follower in self.followers:
+            follower.deliver(kind, seq, body, session, urgent)
+        if kind == Kind.COMPLETE:
+            self._end()
+        if self.bytes > streams.turn_cap or streams.total > streams.cap:
+            streams.make_room(self)
+        return seq
+
+    def set_session(self, session_id: str) -> None:
+        if self.session_id is None:
+            self.session_id = session_id
+            self.session_seq = self.next_seq
+
+    # -- the turn waits for followers that cannot keep up ----------------------------------------------
+
+    @property
+    def congested(self) -> bool:
+        """A live follower's socket is backed up: the turn should ``wait_ready`` before more."""
+        for follower in self.followers:  # noqa: SIM110 - asked at every delta: a loop beats any()
+            if follower.out.congested:
+                return True
+        return False
+
+    async def wait_ready(self) -> None:
+        """Wait for every backed-up follower (each gives up on its client after its stall timeout)."""
+        for follower in self.followers:
+            if follower.out.congested:
+                await follower.out.wait_ready()
+
+    # -- followers ---------------------------------------------------------------------------------------
+
+    def start(self, after_seq: int, snake: bool) -> tuple[int, bool] | None:
+        """Where a follower that has seen ``after_seq`` starts: (seq of the first event to send, whether
+        snake's ``text_completed`` was seen already), or None when ``after_seq`` lies beyond the turn."""
+        last = self.next_seq - 1
+        closing = self.ended and snake  # snake's last event is one more frame: tts_not_requested
+        if after_seq > last + closing:
+            return None
+        if closing and after_seq == last:
+            return last, True
+        return after_seq + 1, False
+
+    def attach(self, follower: Follower) -> None:
+        """Follow live from here on (the follower has replayed everything logged so far)."""
+        if self.ended:
+            follower.finish()
+        else:
+            self.followers = [*self.followers, follower]
+
+    def detach(self, follower: Follower) -> None:
+        if follower in self.followers:
+            self.followers = [f for f in self.followers if f is not follower]
+
+    def event(self, seq: int) -> tuple[int, str, str | None]:
+        """The kept event ``seq``: its kind, body and the session id it carries. Raises ``Expired``."""
+        if seq < self.first_seq:
+            raise Expired
+        index = seq - self._base
+        session = self.session_id if seq >= self.session_seq else None
+        return self.kinds[index], self.bodies[index], session
+
+    # -- memory ------------------------------------------------------------------------------------------
+
+    def trim(self, keep_bytes: int) -> None:
+        """Drop the oldest events until at most ``keep_bytes`` are kept (the newest event always stays)."""
+        freed = 0
+        while self.bytes - freed > keep_bytes and self.first_seq < self.next_seq - 1:
+            index = self.first_seq - self._base
+            freed += len(self.bodies[index]) + ENTRY_OVERHEAD
+            self.bodies[index] = ""
+            self.first_seq += 1
+        self.bytes -= freed
+        self._streams.total -= freed
+        dropped = self.first_seq - self._base
+        if dropped > 64 and dropped * 2 > len(self.bodies):  # compact: amortised O(1) per event
+            del self.bodies[:dropped]
+            del self.kinds[:dropped]
+            self._base = self.first_seq
+
+    def drop(self) -> None:
+        """Forget every event (evicted): a follower still replaying gets ``Expired``."""
+        self._streams.total -= self.bytes
+        self.bytes = 0
+        self.bodies = []
+        self.kinds = bytearray()
+        self._base = self.first_seq = self.next_seq
+
+    def _end(self) -> None:
+        self.ended_at = self._streams.clock()
+        self.cancel = None
+        self.live = None
+        followers, self.followers = self.followers, []
+        for follower in followers:
+            follower.finish()
+        self._streams.ended(self)
+
+
+class Follower:
+    """One connection following one turn, from a seq on, in the connection's dialect."""
+
+    __slots__ = ("_encoder", "_on_done", "_seen_head", "log", "next_seq", "out")
+
+    def __init__(
+        self,
+        log: TurnLog,
+        out: Outlet,
+        dialect: Dialect,
+        start: tuple[int, bool] = (0, False),
+        on_done: Callable[[Follower], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.out = out
+        self._encoder = FrameEncoder(dialect, log.request_id)
+        self.next_seq, self._seen_head = start
+        self._on_done = on_done
+
+    def deliver(self, kind: int, seq: int, body: str, session: str | None, urgent: bool) -> None:
+        """A live event (the hot path: one frame per text delta)."""
+        if kind == Kind.COMPLETE:
+            self._closing(seq, body, session)
+            return
+        frame = self._encoder.frame(kind, seq, body, session)
+        if urgent:
+            self.out.push_now(frame)
+        else:
+            self.out.push(frame)
+        self.next_seq = seq + 1
+
+    def catch_up(self) -> bool:
+        """Send the logged events from ``next_seq`` on: True once caught up, False when the socket is
+        backed up first (call again once it is ready). Raises ``Expired`` for an event no longer kept."""
+        log, out = self.log, self.out
+        first = True
+        while self.next_seq < log.next_seq and not out.detached:
+            seq = self.next_seq
+            kind, body, session = log.event(seq)
+            if kind == Kind.COMPLETE:
+                self._closing(seq, body, session)
+                return True
+            frame = self._encoder.frame(kind, seq, body, session)
+            if first:  # the first replayed event at once, the rest in one write at the loop's next turn
+                out.push_now(frame)
+                first = False
+            else:
+                out.push(frame)
+            self.next_seq = seq + 1
+            if out.congested:
+                return False
+        return True
+
+    def finish(self) -> None:
+        """The turn's last event was sent (or the follower joined after it): done."""
+        done, self._on_done = self._on_done, None
+        if done is not None:
+            done(self)
+
+    def _closing(self, seq: int, body: str, session: str | None) -> None:
+        encoder = self._encoder
+        if not self._seen_head:
+            self.out.push(encoder.frame(Kind.COMPLETE, seq, body, session))
+        if encoder.snake:
+            self.out.push(encoder.tts_frame(seq + 1, body, session))
+        self.next_seq = seq + 1  # done: live followers finish with the log, replaying ones on ``attach``
+
+
+class TurnStreams:
+    """Every turn log of this server: found by (customer, request_id) and by answer message; kept for the
+    TTL after its turn ends, within the memory caps."""
+
+    def __init__(
+        self,
+        ttl_s: float,
+        cap_bytes: int,
+        turn_cap_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.cap = cap_bytes
+        self.turn_cap = min(turn_cap_bytes, cap_bytes)
+        self.clock = clock
+        self.total = 0  # bytes kept by every log (see ENTRY_OVERHEAD)
+        self._index: dict[tuple[str, str], TurnLog] = {}
+        self._by_message: dict[uuid.UUID, TurnLog] = {}
+        self._running: set[TurnLog] = set()
+        self._ended: OrderedDict[TurnLog, None] = OrderedDict()  # oldest ended first
+
+    def __len__(self) -> int:
+        return len(self._running) + len(self._ended)
+
+    def open(self, customer_id: str, request_id: str) -> TurnLog:
+        """A new turn's log. A later turn with the same request_id takes its place for lookups."""
+        log = TurnLog(self, customer_id, request_id)
+        self._index[(customer_id, request_id)] = log
+        self._running.add(log)
+        return log
+
+    def find(self, customer_id: str, request_id: str) -> TurnLog | None:
+        """The customer's turn with that request_id, running or ended within the TTL; else None (also
+        for another customer's: the key includes the customer)."""
+        log = self._index.get((customer_id, request_id))
+        if log is not None and log.ended_at is not None and self.clock() - log.ended_at >= self.ttl_s:
+            self._evict(log)
+            return None
+        return log
+
+    def bind_message(self, log: TurnLog, message_id: uuid.UUID) -> None:
+        log.message_id = message_id
+        self._by_message[message_id] = log
+
+    def live_answer(self, message_id: uuid.UUID) -> LiveAnswer | None:
+        """What the running turn that writes ``message_id`` has sent so far, if it runs here."""
+        log = self._by_message.get(message_id)
+        return log.live() if log is not None and log.live is not None else None
+
+    def ended(self, log: TurnLog) -> None:
+        self._running.discard(log)
+        self._ended[log] = None
+        self.expire()
+
+    def expire(self) -> None:
+        """Evict the ended logs whose TTL has passed (they are kept in the order they ended)."""
+        now = self.clock()
+        while self._ended:
+            oldest = next(iter(self._ended))
+            assert oldest.ended_at is not None
+            if now - oldest.ended_at < self.ttl_s:
+                return
+            self._evict(oldest)
+
+    def make_room(self, log: TurnLog) -> None:
+        """Over a cap: trim this log to its own cap; then evict ended logs, oldest ended first; then trim
+        the biggest running logs. Down to 90% of the server cap, so this is not done at every event."""
+        if log.bytes > self.turn_cap:
+            log.trim(self.turn_cap)
+        if self.total <= self.cap:
+            return
+        target = self.cap * 9 // 10
+        while self.total > target and self._ended:
+            self._evict(next(iter(self._ended)))
+        for running in sorted(self._running, key=lambda r: r.bytes, reverse=True):
+            if self.total <= target:
+                return
+            running.trim(max(running.bytes - (self.total - target), 0))
+
+    async def run_expiry(self) -> None:
+        """Evict expired logs every so often, so an idle server lets them go too (the lifespan owns this)."""
+        every = min(max(self.ttl_s / 4, 0.05), EXPIRY_SWEEP_MAX_S)
+        while True:
+            await asyncio.sleep(every)
+            self.expire()
+
+    def _evict(self, log: TurnLog) -> None:
+        self._ended.pop(log, None)
+        self._running.discard(log)
+        key = (log.customer_id, log.request_id)
+        if self._index.get(key) is log:
+            del self._index[key]
+        if log.message_id is not None and self._by_message.get(log.message_id) is log:
+            del self._by_message[log.message_id]
+        log.drop()
