@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
@@ -31,13 +29,14 @@ from parley.protocol import (
     describe_validation_error,
     encode,
     frame_error,
+    parse_frame,
     pong_frame,
     ready_frame,
 )
 from parley.services import TurnServices
 from parley.streams import Expired, Follower, TurnLog
 from parley.tasks import Supervisor
-from parley.text import clean_json, first_surrogate, identifier_problem
+from parley.text import identifier_problem
 from parley.turn import Turn
 from parley.uvicorn_ws import abort_transport
 
@@ -58,18 +57,6 @@ def idle_check_interval(idle_timeout_s: float) -> float:
     """How often the idle sweep looks: a quarter of the timeout, at most every 5 s (so an idle client is
     closed within 1–1.25 timeouts, or the timeout plus 5 s)."""
     return min(idle_timeout_s / 4, IDLE_CHECK_MAX_S)
-
-
-def parse_frame(text: str) -> tuple[Any, str | None]:
-    """A text frame as JSON, and where in it a lone surrogate sits (None: nowhere). orjson refuses lone
-    surrogates outright; the standard library takes them, so such a frame can be refused field by field
-    (parley/text.py) rather than as not JSON. Raises ``ValueError`` for text that is not JSON at all."""
-    try:
-        return orjson.loads(text), None
-    except orjson.JSONDecodeError:
-        frame = json.loads(text)  # ValueError when it is not JSON either
-        where = first_surrogate(frame)
-        return (clean_json(frame), where) if where is not None else (frame, None)
 
 
 class Connection:
@@ -182,7 +169,8 @@ class Connection:
         if kind == ControlType.PING:
             self.send(pong_frame())
         elif kind in (ControlType.CANCEL, ControlType.RESUME) and surrogate is not None:
-            self._refuse_frame(frame, f"Invalid {kind} frame: {surrogate}: must be valid Unicode text.")
+            message = f"Invalid {kind} frame: {surrogate}: must be valid Unicode text."
+            self.send(frame_error("invalid_request", message))  # its request_id cannot be echoed
         elif kind == ControlType.CANCEL:
             self._on_cancel(frame)
         elif kind == ControlType.RESUME:
@@ -192,8 +180,12 @@ class Connection:
             await self._close(CLOSE_NORMAL, "client_request")
             return False
         else:
-            refusal = f"{surrogate}: must be valid Unicode text (it holds a lone surrogate)"
-            self._submit(Turn(frame, self.identity, self.services, refusal if surrogate else None))
+            refusal = None
+            if surrogate is not None:
+                refusal = f"{surrogate}: must be valid Unicode text (it holds a lone surrogate)"
+                if surrogate == "request_id":  # not echoed: the turn carries one the server makes up
+                    frame = {**frame, "request_id": None}
+            self._submit(Turn(frame, self.identity, self.services, refusal))
         return True
 
     def _refuse_frame(self, frame: dict[str, Any], message: str) -> None:

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parley.config import Dialect
-from parley.text import StoredText, clean_json, encoded
+from parley.text import StoredText, clean_json, encoded, first_surrogate
 
 # --------------------------------------------------------------------------------------------------
 # Client frames
@@ -96,6 +96,28 @@ class ResumeFrame(_Frame):
     type: Literal["resume"]
     request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
     after_seq: int = Field(default=-1, ge=-1)
+
+
+def parse_frame(text: str) -> tuple[Any, str | None]:
+    """A text frame as JSON, and where in it a lone surrogate sits (None: nowhere). orjson refuses lone
+    surrogates outright; the standard library takes them, so such a frame can be refused field by field
+    (parley/text.py) rather than as not JSON. Raises ``ValueError`` for anything else orjson refuses."""
+    try:
+        return orjson.loads(text), None
+    except orjson.JSONDecodeError as exc:
+        refused = exc
+    try:
+        frame = json.loads(text, parse_constant=_no_constant)
+        where = first_surrogate(frame)
+    except (ValueError, RecursionError):
+        raise refused from None
+    if where is None:
+        raise refused  # not for a surrogate: orjson's verdict stands
+    return clean_json(frame), where
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def join_text(content: str | list[TextPart]) -> str:
@@ -224,8 +246,7 @@ TURN_NAMES: dict[str, tuple[str, ...]] = {
         for kind, event in zip(Kind, _KIND_EVENTS, strict=True)
     ),
 }
-# Kinds that carry the answer (nothing of these follows ``cancelled``).
-CONTENT_KINDS = frozenset({Kind.TEXT, Kind.REASONING, Kind.TOOL_USE, Kind.TOOL_RESULT})
+_TEXT = int(Kind.TEXT)  # plain ints on the hot path: an IntEnum member is slower to compare and index
 
 
 def json_text(value: Any) -> str:
@@ -238,36 +259,17 @@ def json_text(value: Any) -> str:
 
 class FrameEncoder:
     """A turn's logged events as wire frames in one dialect: a prefix per kind, made once per turn (and
-    once more when the session id appears), then the seq and the body spliced on."""
+    once more when the session id appears), then the seq and the body spliced on (``frame``)."""
 
-    __slots__ = ("_bare", "_names", "_request_id", "_session", "_with_session", "snake")
+    __slots__ = ("_names", "_request_id", "snake")
 
     def __init__(self, dialect: Dialect, request_id: str) -> None:
         self._names = TURN_NAMES[dialect]
         self._request_id = request_id
         self.snake = dialect == "snake"
-        self._bare = self._prefixes(None)
-        self._with_session: list[str] = []
-        self._session: str | None = None
 
-    def frame(self, kind: int, seq: int, body: str, session_id: str | None) -> str:
-        if session_id is None:
-            prefix = self._bare[kind]
-        else:
-            if session_id != self._session:
-                self._with_session = self._prefixes(session_id)
-                self._session = session_id
-            prefix = self._with_session[kind]
-        return f"{prefix}{seq},{body}}}"
-
-    def tts_frame(self, seq: int, body: str, session_id: str | None) -> str:
-        """snake's second closing frame (``tts_not_requested``), with the ``COMPLETE`` event's body."""
-        head: dict[str, Any] = {"type": SNAKE_TTS_NOT_REQUESTED, "request_id": self._request_id}
-        if session_id is not None:
-            head["session_id"] = session_id
-        return f'{encode(head)[:-1]},"seq":{seq},{body}}}'
-
-    def _prefixes(self, session_id: str | None) -> list[str]:
+    def prefixes(self, session_id: str | None) -> list[str]:
+        """Each kind's frame up to its seq: ``{"type":…,"request_id":…,"session_id":…,"seq":``."""
         prefixes = []
         for name in self._names:
             head: dict[str, Any] = {"type": name, "request_id": self._request_id}
@@ -275,6 +277,17 @@ class FrameEncoder:
                 head["session_id"] = session_id
             prefixes.append(encode(head)[:-1] + ',"seq":')
         return prefixes
+
+    @staticmethod
+    def frame(prefixes: list[str], kind: int, seq: int, body: str) -> str:
+        return f"{prefixes[kind]}{seq},{body}}}"
+
+    def tts_frame(self, seq: int, body: str, session_id: str | None) -> str:
+        """snake's second closing frame (``tts_not_requested``), with the ``COMPLETE`` event's body."""
+        head: dict[str, Any] = {"type": SNAKE_TTS_NOT_REQUESTED, "request_id": self._request_id}
+        if session_id is not None:
+            head["session_id"] = session_id
+        return f'{encode(head)[:-1]},"seq":{seq},{body}}}'
 
 
 class EventLog(Protocol):
@@ -322,7 +335,7 @@ class TurnEmitter:
             return None
         delta, quoted = encoded(delta)
         first, self._first_text = self._first_text, False
-        self._log.append(Kind.TEXT, '"content":' + quoted, first)
+        self._log.append(_TEXT, '"content":' + quoted, first)
         return delta
 
     def reasoning(self, delta: str) -> str | None:

@@ -50,6 +50,8 @@ def pid_started(pid: int) -> str | None:
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+    if fields and fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent: it runs nothing
+        return None
     return fields[19] if len(fields) > 19 else None  # field 22 of proc(5): starttime
 
 

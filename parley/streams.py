@@ -33,6 +33,7 @@ from parley.protocol import FrameEncoder, Kind
 ENTRY_OVERHEAD = 64
 EXPIRY_SWEEP_MAX_S = 5.0
 NO_SESSION = 1 << 62  # ``session_seq`` until the session exists: no event carries it
+_COMPLETE = int(Kind.COMPLETE)  # a plain int: compared at every event
 
 
 class Outlet(Protocol):
@@ -121,7 +122,7 @@ class TurnLog:
         session = self.session_id
         for follower in self.followers:
             follower.deliver(kind, seq, body, session, urgent)
-        if kind == Kind.COMPLETE:
+        if kind == _COMPLETE:
             self._end()
         if self.bytes > streams.turn_cap or streams.total > streams.cap:
             streams.make_room(self)
@@ -219,7 +220,7 @@ class TurnLog:
 class Follower:
     """One connection following one turn, from a seq on, in the connection's dialect."""
 
-    __slots__ = ("_encoder", "_on_done", "_seen_head", "log", "next_seq", "out")
+    __slots__ = ("_encoder", "_on_done", "_prefixes", "_seen_head", "_session", "log", "next_seq", "out")
 
     def __init__(
         self,
@@ -232,15 +233,19 @@ class Follower:
         self.log = log
         self.out = out
         self._encoder = FrameEncoder(dialect, log.request_id)
+        self._session: str | None = None
+        self._prefixes = self._encoder.prefixes(None)  # for events of ``_session``
         self.next_seq, self._seen_head = start
         self._on_done = on_done
 
     def deliver(self, kind: int, seq: int, body: str, session: str | None, urgent: bool) -> None:
         """A live event (the hot path: one frame per text delta)."""
-        if kind == Kind.COMPLETE:
+        if kind == _COMPLETE:
             self._closing(seq, body, session)
             return
-        frame = self._encoder.frame(kind, seq, body, session)
+        if session is not self._session:
+            self._switch(session)
+        frame = f"{self._prefixes[kind]}{seq},{body}}}"
         if urgent:
             self.out.push_now(frame)
         else:
@@ -255,10 +260,12 @@ class Follower:
         while self.next_seq < log.next_seq and not out.detached:
             seq = self.next_seq
             kind, body, session = log.event(seq)
-            if kind == Kind.COMPLETE:
+            if kind == _COMPLETE:
                 self._closing(seq, body, session)
                 return True
-            frame = self._encoder.frame(kind, seq, body, session)
+            if session is not self._session:
+                self._switch(session)
+            frame = f"{self._prefixes[kind]}{seq},{body}}}"
             if first:  # the first replayed event at once, the rest in one write at the loop's next turn
                 out.push_now(frame)
                 first = False
@@ -275,12 +282,17 @@ class Follower:
         if done is not None:
             done(self)
 
+    def _switch(self, session: str | None) -> None:
+        self._session = session
+        self._prefixes = self._encoder.prefixes(session)
+
     def _closing(self, seq: int, body: str, session: str | None) -> None:
-        encoder = self._encoder
+        if session is not self._session:
+            self._switch(session)
         if not self._seen_head:
-            self.out.push(encoder.frame(Kind.COMPLETE, seq, body, session))
-        if encoder.snake:
-            self.out.push(encoder.tts_frame(seq + 1, body, session))
+            self.out.push(FrameEncoder.frame(self._prefixes, _COMPLETE, seq, body))
+        if self._encoder.snake:
+            self.out.push(self._encoder.tts_frame(seq + 1, body, session))
         self.next_seq = seq + 1  # done: live followers finish with the log, replaying ones on ``attach``
 
 
