@@ -100,7 +100,8 @@ class Connection:
         self.waiting: list[Turn] = []
         self.current: Turn | None = None
         self.following: dict[TurnLog, Follower] = {}
-        self._catching_up: set[asyncio.Task[None]] = set()  # resumes waiting for the socket to drain
+        # Resumes waiting for the socket to drain (made on the first: an idle connection holds no set).
+        self._catching_up: set[asyncio.Task[None]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[Any] | None = None
         self._last_active = asyncio.get_running_loop().time()
@@ -269,8 +270,9 @@ class Connection:
             found.attach(follower)
         else:
             task = asyncio.create_task(self._catch_up(follower), name=f"parley-resume-{self.id}")
-            self._catching_up.add(task)
-            task.add_done_callback(self._catching_up.discard)
+            waiting = self._catching_up = self._catching_up or set()
+            waiting.add(task)
+            task.add_done_callback(waiting.discard)
 
     async def _catch_up(self, follower: Follower) -> None:
         """Replay the rest of a long turn as the socket drains, then follow it live."""
@@ -311,9 +313,10 @@ class Connection:
         """The socket is gone: stop following (the turns go on; a disconnect is a detach)."""
         for follower in list(self.following.values()):
             self._unfollow(follower)
-        for task in list(self._catching_up):
+        waiting = list(self._catching_up or ())
+        for task in waiting:
             task.cancel()
-        for task in list(self._catching_up):
+        for task in waiting:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

@@ -101,7 +101,7 @@ class Store:
             regenerate,
             self.owner_id,
         )
-        return await self._write(start, "The message could not be saved; nothing was stored.")
+        return await self._retried(start, "The message could not be saved; nothing was stored.")
 
     async def checkpoint(
         self,
@@ -138,13 +138,7 @@ class Store:
         finish = FinishTurn(
             session_id, ai_message_id, content, reasoning, status, usage, error_code, seq, tool_steps
         )
-        for pause in FINAL_WRITE_BACKOFF_S:
-            try:
-                return await self._write(finish, "The answer could not be saved.")
-            except DatabaseFailed:
-                log.warning("storing answer %s failed; trying again in %.2fs", ai_message_id, pause)
-            await asyncio.sleep(pause)
-        return await self._write(finish, "The answer could not be saved.")
+        return await self._retried(finish, "The answer could not be saved.")
 
     @property
     def write_engine(self) -> Engine:
@@ -153,6 +147,17 @@ class Store:
 
     async def run(self, write: Write[T], failure: str) -> T:
         """Run a write function in the turns' writer (see writer.py); any failure is ``DatabaseFailed``."""
+        return await self._write(write, failure)
+
+    async def _retried(self, write: Write[T], failure: str) -> T:
+        """A turn's start or end: tried again a moment later when it fails (its connection may have died;
+        the write functions recognise their own earlier commit)."""
+        for pause in FINAL_WRITE_BACKOFF_S:
+            try:
+                return await self._write(write, failure)
+            except DatabaseFailed:
+                log.warning("%s failed; trying again in %.2fs", type(write).__name__, pause)
+            await asyncio.sleep(pause)
         return await self._write(write, failure)
 
     async def _write(self, write: Write[T], failure: str) -> T:

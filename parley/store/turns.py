@@ -85,6 +85,11 @@ FINISH_ANSWER = (
     )
 )
 ANSWER_EXISTS = select(_messages.c.id).where(_messages.c.id == bindparam("mid"))
+# What a final write finds when it matched no streaming row: its own earlier attempt (committed, the reply
+# lost), recovery's close, or nothing (the session was deleted).
+ANSWER_STATE = select(
+    _messages.c.status, _messages.c.error_code, _messages.c.stream_seq, _messages.c.content
+).where(_messages.c.id == bindparam("mid"))
 # The same with the answer's tool steps: only agentic turns write the column (and pay for its JSON).
 SAVE_TOOL_ANSWER = SAVE_ANSWER.values(tool_steps=bindparam("steps"))
 FINISH_TOOL_ANSWER = FINISH_ANSWER.values(tool_steps=bindparam("steps"))
@@ -122,6 +127,8 @@ class StartTurn:
     owner_id: str | None = None  # the server process that streams the answer (parley/recovery.py)
     # Made up front, so every statement can name them and a retried batch writes the same rows.
     ids: list[uuid.UUID] = field(default_factory=list)
+    # What the last attempt wrote: if it committed but its reply was lost, a retry returns it unchanged.
+    made: list[TurnRecord] = field(default_factory=list)
 
     @property
     def lane_key(self) -> uuid.UUID | None:
@@ -129,6 +136,15 @@ class StartTurn:
 
     def __call__(self, conn: Connection) -> TurnRecord:
         check_branch_request(self.session_id, self.edit_of, self.regenerate)
+        if self.made:
+            if _rows(conn, ANSWER_EXISTS, {"mid": self.made[-1].ai_message_id}):
+                return self.made[-1]  # an earlier attempt committed; only its reply was lost
+            self.made.clear()  # it was rolled back: write again (the same ids)
+        record = self._write(conn)
+        self.made.append(record)
+        return record
+
+    def _write(self, conn: Connection) -> TurnRecord:
         now = utcnow()
         if self.session_id is None:
             return self._new_session(conn, now)
@@ -264,7 +280,12 @@ class FinishTurn:
             steps = {"steps": self.tool_steps, "now": now}
             matched = _execute(conn, FINISH_TOOL_ANSWER, {**answer, **final, **steps})
         if matched == 0:
-            return not _rows(conn, ANSWER_EXISTS, {"mid": self.message_id})
+            found = _rows(conn, ANSWER_STATE, {"mid": self.message_id})
+            if not found:
+                return True  # gone: its session was deleted meanwhile
+            if tuple(found[0]) != (self.status, self.error_code, self.seq, self.content):
+                return False  # closed by recovery meanwhile
+            # Else this very write, committed by an earlier attempt whose reply was lost.
         _execute(conn, TOUCH_SESSION, {"sid": self.session_id, "now": now})
         return True
 

@@ -148,10 +148,18 @@ async def test_a_refused_write_leaves_the_batch_alone(writer: Writer) -> None:
 
 async def test_a_cancelled_caller_still_gets_its_write(writer: Writer) -> None:
     me = Customer()
-    (waiting,) = await queued(writer, [me.start()])
+    gate = Gate() if isinstance(writer, SqliteWriter) else None
+    held = asyncio.ensure_future(writer.run(gate)) if gate is not None else None
+    if gate is not None:  # the writer thread is held: the write below cannot be done before the cancel
+        await asyncio.to_thread(gate.entered.wait, 10)
+    waiting = asyncio.ensure_future(writer.run(me.start()))
+    await asyncio.sleep(0)  # queued; the task writer has not run yet
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+    if gate is not None and held is not None:
+        gate.release.set()
+        await held
     assert await writer.run(me.sessions) == 1
 
 
