@@ -29,6 +29,7 @@ from bench.profiling import ProfileSetup, Recording, case_slug
 from bench.scenarios import CUSTOMERS, Case, Scenario
 from bench.servers import (
     PARLEY_BENCH_SETTINGS,
+    PARLEY_KINDS,
     REPO,
     ParleySource,
     Server,
@@ -68,11 +69,13 @@ class RunRecord:
     skipped: str | None = None
     profile: dict[str, Any] | None = None  # bench.profiling.summarize's, with `file` or `error`
     parley_env: dict[str, str] = field(default_factory=dict)  # Parley's settings over the bench's own
+    revision: str = ""  # which Parley ran (a Parley server: "parley" or "baseline")
+    repeat: int = 0  # which run of a case with ``repeats`` (0: the first)
 
     @property
     def coalesce_ms(self) -> float:
         """The coalescing window this run had: 0 for the floor, which never coalesces."""
-        if self.server != "parley":
+        if self.server not in PARLEY_KINDS:
             return 0.0
         return float(self.parley_env.get("PARLEY_COALESCE_MS", PARLEY_BENCH_SETTINGS["PARLEY_COALESCE_MS"]))
 
@@ -92,6 +95,7 @@ class Context:
     source: ParleySource
     parley_env: dict[str, str] = field(default_factory=dict)
     profile: ProfileSetup | None = None
+    baseline: ParleySource | None = None  # the "baseline" servers' Parley (``--baseline-rev``)
     seed: int = 1
     runs: int = 0
 
@@ -169,6 +173,7 @@ class Watcher:
 
 def time_limit(load: dict[str, Any]) -> float:
     spent = float(load.get("warmup_s", 2)) + float(load.get("measure_s", 10)) + float(load.get("hold_s", 0))
+    spent += float(load.get("budget_s", 0))  # modes that run a fixed amount of work, not a window
     connecting = int(load.get("connections", 1)) / 50
     return spent + connecting + float(load.get("turn_timeout_s", 60)) + GENERATOR_SLACK_S
 
@@ -236,9 +241,29 @@ def parley_overrides(scenario: Scenario, ctx: Context) -> dict[str, str]:
     return {**ctx.parley_env, **scenario.parley_env}
 
 
+def source_of(kind: str, ctx: Context) -> ParleySource:
+    """Which Parley a server of ``kind`` runs."""
+    if kind != "baseline":
+        return ctx.source
+    if ctx.baseline is None:
+        raise HarnessError("a baseline server, but no baseline revision was exported (--baseline-rev)")
+    return ctx.baseline
+
+
 async def start_server(kind: str, scenario: Scenario, ctx: Context, database_url: str | None) -> Server:
     if kind == "floor":
         return await asyncio.to_thread(start_floor, ctx.server_cores, ctx.scratch)
+    if kind == "baseline":
+        return await asyncio.to_thread(
+            start_parley,
+            ctx.server_cores,
+            ctx.scratch,
+            scenario.database,
+            database_url,
+            source_of(kind, ctx),
+            parley_overrides(scenario, ctx),
+            kind="baseline",
+        )
     return await asyncio.to_thread(
         start_parley,
         ctx.server_cores,
@@ -296,10 +321,12 @@ class Accounting:
 
 
 async def run_case(scenario: Scenario, case: Case, kind: str, ctx: Context) -> RunRecord:
-    database = scenario.database if kind == "parley" else "none"
+    database = scenario.database if kind in PARLEY_KINDS else "none"
     record = RunRecord(scenario.name, case.label, case.level, kind, database)
-    if kind == "parley":
+    if kind in PARLEY_KINDS:
         record.parley_env = parley_overrides(scenario, ctx)
+        source = ctx.baseline if kind == "baseline" else ctx.source
+        record.revision = source.description if source is not None else ""
     started = time.perf_counter()
     accounting = Accounting(watch_postgres=database == "postgres")
     pg = await databases.create_database() if database == "postgres" else None
@@ -313,7 +340,7 @@ async def run_case(scenario: Scenario, case: Case, kind: str, ctx: Context) -> R
             "tokens": server.tokens(CUSTOMERS),
             "server_pid": server.pid,
         }
-        if kind == "parley" and ctx.profile is not None:
+        if kind == "parley" and ctx.profile is not None and scenario.profiled:
             recording = Recording(ctx.profile, server.pid, case_slug(scenario.name, case.label))
         record.load, record.peak_rss = await run_generator({**spec, "seed": ctx.seed}, server, ctx, recording)
     except (HarnessError, RuntimeError, OSError) as exc:
@@ -335,7 +362,7 @@ async def wind_up(record: RunRecord, server: Server | None, pg: databases.PgData
         if server is not None:
             record.exit_code = await asyncio.to_thread(server.stop)
             record.log = log_findings(server)
-            if server.kind == "parley" and record.load:
+            if server.kind in PARLEY_KINDS and record.load:
                 try:
                     record.stored = await stored_by_parley(server, pg, record.load)
                 except Exception as exc:  # report it; the run's numbers still stand

@@ -3,9 +3,12 @@
     python -m bench.loadgen SPEC.json RESULT.json
 
 Modes: ``stream`` (turns back to back on every connection, optionally cancelling some), ``idle`` (open
-connections and hold them; server memory per connection) and ``slow`` (clients that stop reading mid-answer,
-beside paced bystander streams; server memory over time). The window's server CPU and the generator's own CPU
-are read here, at the window's edges, from /proc. Progress goes to stderr as one JSON object per line.
+connections and hold them; server memory per connection), ``slow`` (clients that stop reading mid-answer,
+beside paced bystander streams; server memory over time), ``resume`` (a turn run live, then ``resume``d from
+other connections of the same customer: time to the first replayed event, replay rate; also while it
+streams) and ``retain`` (ended turns kept for resume: server memory per turn beside what the log accounts).
+The window's server CPU and the generator's own CPU are read here, at the window's edges, from /proc.
+Progress goes to stderr as one JSON object per line.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +29,8 @@ import orjson
 
 from bench.drivers import Recorder, StreamDriver, TurnLoad, Window
 from bench.frames import chat_request, new_request_id
-from bench.metrics import cpu_seconds, postgres_cpu_seconds, raise_nofile_limit, rss_bytes
+from bench.metrics import cpu_seconds, postgres_cpu_seconds, raise_nofile_limit, rss_bytes, slope, summary
+from bench.replay import AccountingDriver, LiveTurn, Ping, Replay, TurnOwner, first_difference
 from bench.wsclient import Payload, WsClient, open_client
 
 PROGRESS_INTERVAL_S = 0.5
@@ -39,7 +43,7 @@ MAX_ANSWER_CHARS = 1_000_000
 class Spec:
     """Everything a run needs; the harness writes it as JSON."""
 
-    mode: Literal["stream", "idle", "slow"]
+    mode: Literal["stream", "idle", "slow", "resume", "retain"]
     url: str
     tokens: list[str]
     server_pid: int
@@ -66,6 +70,12 @@ class Spec:
     slow_read_events: int = 5
     slow_requests: int = 8
     rss_interval_s: float = 0.25
+    resume_turns: int = 5  # resume: unpaced turns run live, then resumed
+    resumes: int = 200  # resume: resumes of those (ended) turns, one at a time
+    midturn_turns: int = 2  # resume: paced turns resumed while they stream
+    midturn_resumes: int = 10  # resume: resumes of each, from fresh connections
+    midturn_delay_ms: float = 2.0
+    retain_phases: list[list[int]] = field(default_factory=list)  # retain: [turns, deltas] per phase
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -74,6 +84,7 @@ class Spec:
         shapes = [(self.chunks, self.delta_chars)]
         if self.mode == "slow":
             shapes.append((self.slow_chunks, self.slow_delta_chars))
+        shapes += [(chunks, self.delta_chars) for _, chunks in self.retain_phases]
         for chunks, chars in shapes:
             if chunks * chars > MAX_ANSWER_CHARS:
                 raise ValueError(f"{chunks} deltas of {chars} characters: the request would pass 1 MiB")
@@ -162,14 +173,18 @@ class Progress:
             await asyncio.sleep(PROGRESS_INTERVAL_S)
 
 
-async def open_many(spec: Spec, first: int, count: int, rec: Recorder, progress: Progress) -> list[WsClient]:
-    """Open ``count`` connections, ``connect_concurrency`` handshakes at a time; failures are errors."""
+async def open_many(
+    spec: Spec, first: int, count: int, rec: Recorder, progress: Progress, customer: int | None = None
+) -> list[WsClient]:
+    """Open ``count`` connections, ``connect_concurrency`` handshakes at a time; failures are errors. Their
+    customers' tokens go round robin from ``first``, or all are ``customer``'s."""
     gate = asyncio.Semaphore(spec.connect_concurrency)
 
     async def one(index: int) -> WsClient | None:
         async with gate:
             try:
-                client = await open_client(spec.url_for(index), spec.connect_timeout_s)
+                url = spec.url_for(index if customer is None else customer)
+                client = await open_client(url, spec.connect_timeout_s)
             except Exception as exc:  # refused, timed out, a non-101 answer: all count as connect errors
                 rec.error("connect failed", repr(exc))
                 return None
@@ -190,7 +205,7 @@ async def close_all(clients: list[WsClient]) -> None:
         client.abort()
 
 
-async def watchdog(drivers: list[StreamDriver], limit_s: float) -> None:
+async def watchdog(drivers: Sequence[StreamDriver], limit_s: float) -> None:
     while True:
         await asyncio.sleep(WATCHDOG_INTERVAL_S)
         now = time.perf_counter()
@@ -394,10 +409,218 @@ async def run_slow(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, A
     }
 
 
+async def live_turn(owner: TurnOwner, spec: Spec, rec: Recorder, delay_ms: float = 0.0) -> LiveTurn:
+    """Run one turn on the owner's connection, to its last event (or the turn timeout: an error)."""
+    turn = owner.send(spec.chunks, delay_ms)
+    try:
+        await asyncio.wait_for(asyncio.shield(turn.done), spec.turn_timeout_s)
+    except TimeoutError:
+        rec.error("turn timed out", f"no fullProcessComplete after {spec.turn_timeout_s:.0f}s")
+    if turn.status and turn.status != "completed":
+        rec.error(f"turn {turn.status}", turn.request_id)
+    return turn
+
+
+async def await_replay(replay: Replay, spec: Spec, rec: Recorder) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(replay.done), spec.turn_timeout_s)
+    except TimeoutError:
+        rec.error("resume timed out", f"no fullProcessComplete after {spec.turn_timeout_s:.0f}s")
+    if replay.refused:
+        rec.error(f"resume refused: {replay.refused}", replay.request_id)
+
+
+def check_replay(replay: Replay, turn: LiveTurn, rec: Recorder) -> bool:
+    """The resumed connection read exactly the frames the turn's own connection read, in order."""
+    differs = first_difference(replay.frames, turn.frames)
+    if differs is not None:
+        rec.error(
+            "replay differs from the live turn",
+            f"{turn.request_id}: frame {differs} of {len(replay.frames)} (live: {len(turn.frames)})",
+        )
+    return differs is None
+
+
+def replay_summary(replays: list[Replay], identical: int) -> dict[str, Any]:
+    return {
+        "resumes": len(replays),
+        "identical": identical,
+        "first_ms": summary(r.first_ms for r in replays if not math.isnan(r.first_ms)),
+        "replay_ms": summary(r.replay_ms for r in replays if not math.isnan(r.replay_ms)),
+        "events": summary(float(r.head + 1) for r in replays),
+        "events_per_s": summary(r.events_per_s for r in replays if not math.isnan(r.events_per_s)),
+    }
+
+
+async def resume_ended(
+    spec: Spec, turns: list[LiveTurn], clients: list[WsClient], rec: Recorder, progress: Progress
+) -> dict[str, Any]:
+    """``resume`` ended turns from ``after_seq: -1``, one at a time, round robin over turns and
+    connections."""
+    replays, identical, pings = [], 0, []
+    before = Snapshot.take(spec)
+    for index in range(spec.resumes if turns else 0):
+        turn, client = turns[index % len(turns)], clients[index % len(clients)]
+        ping = Ping(client)  # the same round trip with nothing to replay, just before
+        ping.send()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(ping.done), spec.turn_timeout_s)
+        pings.append(ping.rtt_ms)
+        replay = Replay(client, turn.request_id, len(turn.frames) - 1)
+        replay.send()
+        await await_replay(replay, spec, rec)
+        identical += check_replay(replay, turn, rec)
+        replays.append(replay)
+        progress.extra["resumes"] = len(replays)
+    usage = usage_between(before, Snapshot.take(spec))
+    events = sum(len(r.frames) for r in replays)
+    return {
+        **replay_summary(replays, identical),
+        "ping_ms": summary(p for p in pings if not math.isnan(p)),
+        "server_cpu_per_event_us": 1e6 * usage["server_cpu_s"] / events if events else math.nan,
+        "server_cpu_pct": usage["server_cpu_pct"],
+        "gen_cpu_pct": usage["gen_cpu_pct"],
+    }
+
+
+async def resume_midturn(spec: Spec, owner: TurnOwner, rec: Recorder, progress: Progress) -> dict[str, Any]:
+    """Paced turns, each resumed from ``after_seq: -1`` by fresh connections of the same customer while it
+    streams (spread over 10–80% of its expected length); each resumed connection then follows the turn live
+    to its last event."""
+    replays: list[Replay] = []
+    identical, lags = 0, []
+    expected_s = spec.chunks * spec.midturn_delay_ms / 1000
+    for _ in range(spec.midturn_turns):
+        clients = await open_many(spec, 0, spec.midturn_resumes, rec, progress, customer=0)
+        turn = owner.send(spec.chunks, spec.midturn_delay_ms)
+        started = time.perf_counter()
+        these: list[Replay] = []
+        for index, client in enumerate(clients):
+            at = started + expected_s * (0.1 + 0.7 * index / max(1, len(clients) - 1))
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            if turn.done.done() or not turn.frames:
+                rec.error("mid-turn resume too late", "the turn ended before its resume was due")
+                continue
+            replay = Replay(client, turn.request_id, len(turn.frames) - 1)
+            replay.send()
+            these.append(replay)
+        try:
+            await asyncio.wait_for(asyncio.shield(turn.done), spec.turn_timeout_s)
+        except TimeoutError:
+            rec.error("turn timed out", f"no fullProcessComplete after {spec.turn_timeout_s:.0f}s")
+        for replay in these:
+            await await_replay(replay, spec, rec)
+            identical += check_replay(replay, turn, rec)
+            if replay.ended is not None and turn.ended is not None:
+                lags.append((replay.ended - turn.ended) * 1000.0)
+        replays += these
+        progress.extra["mid-turn resumes"] = len(replays)
+        await close_all(clients)
+        progress.open -= len(clients)
+    return {**replay_summary(replays, identical), "delay_ms": spec.midturn_delay_ms, "lag_ms": summary(lags)}
+
+
+async def run_resume(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, Any]:
+    owners = await open_many(spec, 0, 1, rec, progress, customer=0)
+    clients = await open_many(spec, 0, spec.connections, rec, progress, customer=0)
+    if not owners or not clients:
+        await close_all(owners + clients)
+        return {"open": len(owners) + len(clients), **rec.report()}
+    owner = TurnOwner(owners[0], rec, spec.delta_chars)
+    start = Snapshot.take(spec)
+    progress.phase = "live"
+    turns = [await live_turn(owner, spec, rec) for _ in range(spec.resume_turns)]
+    done = [t for t in turns if t.status == "completed"]
+    live = {
+        "turns": len(done),
+        "events": summary(float(len(t.frames)) for t in done),
+        "deltas_per_s": summary(t.deltas_per_s for t in done if not math.isnan(t.deltas_per_s)),
+        "events_per_s": summary(t.events_per_s for t in done if not math.isnan(t.events_per_s)),
+        "turn_ms": summary((t.ended - t.sent) * 1000.0 for t in done if t.ended is not None),
+    }
+    progress.phase = "replay"
+    ended = await resume_ended(spec, done, clients, rec, progress)
+    progress.phase = "mid-turn"
+    midturn = await resume_midturn(spec, owner, rec, progress)
+    usage = usage_between(start, Snapshot.take(spec))
+    progress.phase = "close"
+    await close_all(owners + clients)
+    return {
+        "open": 1 + len(clients),
+        "live": live,
+        "ended": ended,
+        "midturn": midturn,
+        **usage,
+        **rec.report(),
+    }
+
+
+async def retain_phase(
+    spec: Spec, clients: list[WsClient], turns: int, chunks: int, rec: Recorder, progress: Progress
+) -> dict[str, Any]:
+    """``turns`` turns of ``chunks`` deltas, back to back over the connections; the server's RSS before,
+    along the way (for the slope) and after they settle; what their logs account, from their frames."""
+    per = math.ceil(turns / max(1, len(clients)))
+    load = TurnLoad(chunks, spec.delta_chars, 0.0, spec.turns_per_session, max_turns=per)
+    loop = asyncio.get_running_loop()
+    rng = random.Random(spec.seed)
+    before = rss_bytes(spec.server_pid)
+    drivers = [
+        AccountingDriver(client, load, rec, random.Random(rng.random()), loop.create_future())
+        for client in clients
+    ]
+    for driver in drivers:
+        driver.start()
+    series: list[tuple[int, int]] = [(0, before)]
+    pending = {d.done for d in drivers}
+    guard = asyncio.create_task(watchdog(drivers, spec.turn_timeout_s))  # a stuck turn ends its driver
+    try:
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=spec.rss_interval_s)
+            series.append((sum(d.turns for d in drivers), rss_bytes(spec.server_pid)))
+    finally:
+        guard.cancel()
+    await asyncio.sleep(spec.settle_s)
+    after = rss_bytes(spec.server_pid)
+    completed = sum(d.turns for d in drivers)
+    accounted = sum(d.accounted for d in drivers)
+    events = sum(d.events for d in drivers)
+    return {
+        "turns": completed,
+        "deltas": chunks,
+        "rss_before": before,
+        "rss_after": after,
+        "per_turn_bytes": (after - before) / completed if completed else math.nan,
+        "slope_bytes": slope([float(n) for n, _ in series], [float(r) for _, r in series]),
+        "accounted_per_turn": accounted / completed if completed else math.nan,
+        "events_per_turn": events / completed if completed else math.nan,
+        "series": series,
+    }
+
+
+async def run_retain(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, Any]:
+    clients = await open_many(spec, 0, spec.connections, rec, progress)
+    progress.phase = "warmup"  # a turn of each size per connection, so lazily built things exist first
+    for _, chunks in spec.retain_phases:
+        await retain_phase(spec, clients, len(clients), chunks, rec, progress)
+    start = Snapshot.take(spec)
+    phases = []
+    for turns, chunks in spec.retain_phases:
+        progress.phase = f"{turns}×{chunks}"
+        phases.append(await retain_phase(spec, clients, turns, chunks, rec, progress))
+    usage = usage_between(start, Snapshot.take(spec))
+    final = rss_bytes(spec.server_pid)
+    progress.phase = "close"
+    await close_all(clients)
+    return {"open": len(clients), "phases": phases, "final_rss": final, **usage, **rec.report()}
+
+
 MODES: dict[str, Callable[[Spec, Recorder, Progress], Awaitable[dict[str, Any]]]] = {
     "stream": run_stream,
     "idle": run_idle,
     "slow": run_slow,
+    "resume": run_resume,
+    "retain": run_retain,
 }
 
 

@@ -31,7 +31,7 @@ from bench.results import (
     value,
 )
 from bench.servers import PARLEY_BENCH_SETTINGS
-from bench.targets import rss_growth, verdicts
+from bench.targets import LOG_CPU_LIMIT, fine_times, log_cpu_pairs, median, rss_growth, verdicts
 
 NOISY_OTHER_PCT = 10.0
 KNEE_DELIVERED = 0.95
@@ -587,6 +587,206 @@ def section_slow(res: Results) -> list[str]:
     return ["## Slow readers", "", *scenario_intro(res, "slow"), *table(head, rows), *notes]
 
 
+def section_resume(res: Results) -> list[str]:
+    """The turn logs: CPU per delta beside the baseline and the floor, resume latency and replay rate, and
+    memory per retained ended turn."""
+    if not res.has("resume"):
+        return []
+    return [
+        "## Resume: turn event logs",
+        "",
+        *scenario_intro(res, "resume"),
+        *resume_cpu(res),
+        *resume_replay(res),
+        *resume_memory(res),
+    ]
+
+
+def resume_cpu(res: Results) -> list[str]:
+    levels = res.mode_levels("resume", "stream")
+    if not levels:
+        return []
+    head = [
+        "case",
+        "server",
+        "deltas/s",
+        "server CPU / delta",
+        "÷ floor",
+        "÷ baseline",
+        "first `text` p50 / p99",
+        "server CPU",
+        "generator CPU",
+        "limited by",
+        "other processes",
+        "errors",
+    ]
+    rows, revisions = [], {}
+    for level in levels:
+        runs = {kind: {r.repeat: r for r in res.runs("resume", kind, level)} for kind in NAMES}
+        repeats = sorted({n for by_repeat in runs.values() for n in by_repeat})
+        for repeat in repeats:
+            floor, baseline = runs["floor"].get(repeat), runs["baseline"].get(repeat)
+            for kind in ("floor", "baseline", "parley"):
+                rec = runs[kind].get(repeat)
+                if rec is None:
+                    continue
+                if rec.revision:
+                    revisions[kind] = rec.revision
+                cpu = value(rec, "server_cpu_per_delta_us")
+                by_baseline = ratio(cpu, value(baseline, "server_cpu_per_delta_us"))
+                rows.append(
+                    [
+                        rec.label + (f", run {repeat + 1}" if len(repeats) > 1 else ""),
+                        NAMES[kind],
+                        rate(value(rec, "deltas_per_s")),
+                        us(cpu),
+                        times(ratio(cpu, value(floor, "server_cpu_per_delta_us"))),
+                        times(by_baseline) if kind == "parley" else "",
+                        f"{ms(value(rec, 'ttft_ms', 'p50'))} / {ms(value(rec, 'ttft_ms', 'p99'))}",
+                        pct(value(rec, "server_cpu_pct")),
+                        pct(value(rec, "gen_cpu_pct")),
+                        limit_of(rec),
+                        pct(rec.other_cpu_pct if rec.other_cpu_pct is not None else math.nan),
+                        errors_of(rec),
+                    ]
+                )
+        pairs = log_cpu_pairs(res, level)
+        if len(pairs) > 1:
+            label = next(iter(runs["parley"].values())).label if runs["parley"] else str(level)
+            ratios = [r for _, _, r in pairs]
+            rows.append(
+                [f"{label}: median", "Parley ÷ baseline", "", "", "", fine_times(median(ratios)), *[""] * 6]
+            )
+    which = "; ".join(f"{NAMES[k]}: {v}" for k, v in revisions.items())
+    return [
+        "CPU per delta, the same unpaced case on the floor, on Parley without the turn logs (`baseline`) and "
+        f"with them (Parley), back to back ({which}). Target: Parley ÷ baseline ≤ "
+        f"{LOG_CPU_LIMIT:.2f}, judged on the median of the pairs' ratios: on a shared machine one "
+        "server's CPU per delta moves by ±20% from run to run. Other processes: the CPU the rest of the "
+        "machine used during the run (noise).",
+        "",
+        *table(head, rows),
+    ]
+
+
+def resume_replay(res: Results) -> list[str]:
+    rec = res.of_mode("resume", "parley", "resume")
+    if rec is None:
+        return []
+    live = value(rec, "live", "deltas_per_s", "p50")
+    head = [
+        "resume (`after_seq: -1`)",
+        "resumes",
+        "first replayed event p50 / p99 / max",
+        "`ping` → `pong` p50 / p99",
+        "events replayed (p50)",
+        "replay p50 / p99",
+        "replay rate p50",
+        "÷ live rate",
+        "identical to live",
+        "caught up → turn's end, lag p50 / max",
+    ]
+    rows = []
+    delay = num(value(rec, "midturn", "delay_ms"), 1)
+    for key, name in (("ended", "ended turn"), ("midturn", f"while it streams (`delay_ms` {delay})")):
+        replay = value(rec, key, "events_per_s", "p50")
+        lag = (
+            f"{ms(value(rec, key, 'lag_ms', 'p50'))} / {ms(value(rec, key, 'lag_ms', 'max'))}"
+            if key == "midturn"
+            else ""
+        )
+        rows.append(
+            [
+                name,
+                num(value(rec, key, "resumes"), 0),
+                " / ".join(ms(value(rec, key, "first_ms", q)) for q in ("p50", "p99", "max")),
+                f"{ms(value(rec, key, 'ping_ms', 'p50'))} / {ms(value(rec, key, 'ping_ms', 'p99'))}"
+                if key == "ended"
+                else "",
+                num(value(rec, key, "events", "p50"), 0),
+                f"{ms(value(rec, key, 'replay_ms', 'p50'))} / {ms(value(rec, key, 'replay_ms', 'p99'))}",
+                rate(replay),
+                times(ratio(replay, live)),
+                f"{num(value(rec, key, 'identical'), 0)}/{num(value(rec, key, 'resumes'), 0)}",
+                lag,
+            ]
+        )
+    cpu = value(rec, "ended", "server_cpu_per_event_us")
+    turns, chunks = num(value(rec, "live", "turns"), 0), num(value(rec, "spec", "chunks"), 0)
+    whole, turn_ms = rate(value(rec, "live", "events_per_s", "p50")), ms(value(rec, "live", "turn_ms", "p50"))
+    notes = [
+        f"Live: {turns} unpaced turns of {chunks} deltas ({num(value(rec, 'live', 'events', 'p50'), 0)} "
+        f"events) on one connection: {rate(live)} deltas p50 between the first and the last `text` (the "
+        f"live rate; whole turn: {whole} events, {turn_ms} p50). Then other connections of the same customer "
+        f"({num(value(rec, 'spec', 'connections'), 0)}, round robin, over those turns) send `resume`, one at "
+        "a time.",
+        "",
+        "- *First replayed event*: `resume` sent → its first frame read. Beside it, `ping` → `pong` on the "
+        "same connection just before each resume: the round trip of any answer there.",
+        "- *Replay rate*: the events up to the last one the turn's own connection had read when `resume` was "
+        "sent ÷ the time from sending `resume` to reading that event (the first event's wait included).",
+        "- *While it streams*: fresh connections resume paced turns between 10% and 80% of their length, "
+        "then follow them live to the end; lag = their last event read after the turn's own connection "
+        "read it.",
+        "- *Identical*: the frames read equal, byte for byte and in order, those the turn's own connection "
+        "read.",
+        f"- Server CPU per replayed event (ended turns): {us(cpu)}; server "
+        f"{pct(value(rec, 'ended', 'server_cpu_pct'))}, generator {pct(value(rec, 'ended', 'gen_cpu_pct'))} "
+        "of a core while replaying.",
+        "",
+    ]
+    return [*table(head, rows), *notes]
+
+
+def resume_memory(res: Results) -> list[str]:
+    runs = [(kind, res.of_mode("resume", kind, "retain")) for kind in ("baseline", "parley")]
+    if all(rec is None for _, rec in runs):
+        return []
+    head = [
+        "server",
+        "turns kept",
+        "events / turn",
+        "RSS before → after",
+        "RSS / turn (settled)",
+        "RSS / turn (slope)",
+        "log accounts / turn",
+        "RSS ÷ accounted",
+        "Parley − baseline / turn",
+    ]
+    baseline = dict(runs).get("baseline")
+    before = {p["deltas"]: p for p in (baseline.load.get("phases", []) if baseline else [])}
+    rows = []
+    for kind, rec in runs:
+        for phase in rec.load.get("phases", []) if rec is not None else []:
+            growth, accounted = float(phase["per_turn_bytes"]), float(phase["accounted_per_turn"])
+            other = before.get(phase["deltas"]) if kind == "parley" else None
+            rows.append(
+                [
+                    NAMES[kind],
+                    f"{phase['turns']:,} × {phase['deltas']:,} deltas",
+                    num(float(phase["events_per_turn"]), 0),
+                    f"{size(float(phase['rss_before']))} → {size(float(phase['rss_after']))}",
+                    size(growth),
+                    size(float(phase["slope_bytes"])),
+                    size(accounted) if kind == "parley" else "(no log)",
+                    times(ratio(growth, accounted)) if kind == "parley" else "",
+                    size(growth - float(other["per_turn_bytes"])) if other else "",
+                ]
+            )
+    notes = [
+        "Ended turns run back to back over a few connections and are kept (`PARLEY_RESUME_TTL_S` is 600 s, "
+        "far beyond the run; their bytes stay below the caps). RSS / turn (settled) = (RSS after the turns "
+        "and a pause − RSS before) ÷ turns; (slope) = least squares over RSS read as they ran. What the log "
+        "accounts (`TurnStreams.total`: len(body) + 64 per event) is computed from the frames the generator "
+        'read: a logged body is exactly the frame\'s tail after `"seq":N,` (parley/protocol.py), so this is '
+        "the log's own count, not an estimate, for these frames (ASCII: characters = bytes). The baseline "
+        "keeps no log: its growth per turn is what the same turns cost elsewhere (database, caches, the "
+        "allocator), so Parley − baseline is the log's real cost per turn.",
+        "",
+    ]
+    return ["Memory per retained ended turn:", "", *table(head, rows), *notes]
+
+
 def observations(res: Results) -> list[str]:
     notes = []
     for r in res.records:
@@ -718,6 +918,11 @@ def section_machine(machine: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         ["libraries", libs],
         ["SQLite / PostgreSQL", f"{machine.get('sqlite')} / {machine.get('postgres')}"],
         ["Parley revision", str(machine.get("revision"))],
+        *(
+            [["baseline revision", str(machine["baseline_revision"])]]
+            if "baseline_revision" in machine
+            else []
+        ),
         [
             "pinning",
             f"servers on core {meta.get('server_cores')}, generator on core {meta.get('generator_cores')}",
@@ -972,6 +1177,7 @@ def render(
         *section_idle(res),
         *section_persist(res),
         *section_slow(res),
+        *section_resume(res),
         *observations(res),
         *section_charts(charts),
         *section_profile(res, meta),

@@ -13,7 +13,7 @@ from bench.scenarios import PACED_DELAY_MS
 GENERATOR_BOUND_PCT = 90.0
 SERVER_BOUND_PCT = 90.0
 PACED_RATE = 1000 / PACED_DELAY_MS
-NAMES = {"floor": "floor", "parley": "Parley"}
+NAMES = {"floor": "floor", "parley": "Parley", "baseline": "baseline"}
 
 
 def value(record: RunRecord | None, *path: str) -> float:
@@ -37,6 +37,28 @@ class Results:
             if same and record.ok and (level is None or record.level == level):
                 return record
         return None
+
+    def of_mode(self, scenario: str, server: str, mode: str) -> RunRecord | None:
+        """The first measured run of a scenario's case whose generator ran in ``mode``."""
+        for record in self.records:
+            same = record.scenario == scenario and record.server == server
+            if same and record.ok and record.load.get("mode") == mode:
+                return record
+        return None
+
+    def mode_levels(self, scenario: str, mode: str) -> list[int]:
+        """The levels of a scenario's cases whose generator ran in ``mode``."""
+        return sorted(
+            {r.level for r in self.records if r.scenario == scenario and r.load.get("mode") == mode}
+        )
+
+    def runs(self, scenario: str, server: str, level: int) -> list[RunRecord]:
+        """Every measured run of a case on a server, one per repeat, in order."""
+        return [
+            r
+            for r in self.records
+            if r.scenario == scenario and r.server == server and r.level == level and r.ok
+        ]
 
     def levels(self, scenario: str) -> list[int]:
         return sorted({r.level for r in self.records if r.scenario == scenario})

@@ -32,7 +32,7 @@ from bench.profiling import PROFILE_DIR, RATE_HZ, ProfileSetup, find_py_spy, py_
 from bench.report import render
 from bench.results import ms, rate, size, us, value
 from bench.scenarios import SCENARIOS, Scenario, plan
-from bench.servers import REPO, ParleySource, export_revision
+from bench.servers import DEFAULT_BASELINE_REV, REPO, ParleySource, export_revision
 
 REQUIREMENTS = REPO / "bench" / "requirements.txt"
 DEFAULT_OUT = REPO / "bench" / "results"
@@ -59,6 +59,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--generator-core", type=int, help="core for the generator (default: the next one)")
     parser.add_argument(
         "--parley-rev", metavar="REV", help="run Parley as of this git revision (default: the working tree)"
+    )
+    parser.add_argument(
+        "--baseline-rev",
+        default=DEFAULT_BASELINE_REV,
+        metavar="REV",
+        help=f"the Parley the `resume` scenario compares with, side by side (default {DEFAULT_BASELINE_REV})",
     )
     parser.add_argument(
         "--parley-env",
@@ -121,6 +127,16 @@ def parley_source(args: argparse.Namespace, scratch: Path) -> ParleySource:
     return ParleySource(None, f"working tree at {git_revision(REPO)}")
 
 
+def baseline_source(
+    args: argparse.Namespace, scenarios: list[Scenario], scratch: Path
+) -> ParleySource | None:
+    """The ``--baseline-rev`` export, when a planned case runs a baseline server."""
+    if not any("baseline" in s.servers_for(c) for s in scenarios for c in s.cases):
+        return None
+    source = export_revision(args.baseline_rev, scratch / "baseline-src")
+    return ParleySource(source.path, source.description.replace("--parley-rev", "--baseline-rev"))
+
+
 def ensure_matplotlib() -> bool:
     """Install bench/requirements.txt into this Python if matplotlib is missing, saying so."""
     if importlib.util.find_spec("matplotlib") is not None:
@@ -154,6 +170,21 @@ def summary_line(record: RunRecord) -> str:
     elif mode == "slow":
         peak = max((r for _, r in record.load.get("rss", [])), default=math.nan)
         parts += [f"peak RSS {size(float(peak))}", f"bystander gap p99 {ms(value(record, 'gap_ms', 'p99'))}"]
+    elif mode == "resume":
+        ended, midturn = record.load.get("ended", {}), record.load.get("midturn", {})
+        parts += [
+            f"live deltas/s {rate(value(record, 'live', 'deltas_per_s', 'p50'))}",
+            f"first replayed p50 {ms(value(record, 'ended', 'first_ms', 'p50'))}",
+            f"replay {rate(value(record, 'ended', 'events_per_s', 'p50'))}",
+            f"mid-turn first p50 {ms(value(record, 'midturn', 'first_ms', 'p50'))}",
+            f"resumes {ended.get('resumes', 0)} + {midturn.get('resumes', 0)}",
+        ]
+    elif mode == "retain":
+        for phase in record.load.get("phases", []):
+            parts.append(
+                f"{phase['turns']}×{phase['deltas']}: RSS {size(float(phase['slope_bytes']))}/turn"
+                f" (log {size(float(phase['accounted_per_turn']))})"
+            )
     elif record.scenario.startswith("persist"):
         parts += [
             f"turns/s {rate(value(record, 'turns_per_s'))}",
@@ -184,7 +215,16 @@ def describe_plan(scenarios: list[Scenario]) -> dict[str, Any]:
         s.name: {
             "title": s.title,
             "what": s.what,
-            "cases": [{"label": c.label, "level": c.level, "load": c.load} for c in s.cases],
+            "cases": [
+                {
+                    "label": c.label,
+                    "level": c.level,
+                    "load": c.load,
+                    "servers": list(s.servers_for(c)),
+                    "repeats": c.repeats,
+                }
+                for c in s.cases
+            ],
             "parley_env": s.parley_env,
         }
         for s in scenarios
@@ -193,14 +233,22 @@ def describe_plan(scenarios: list[Scenario]) -> dict[str, Any]:
 
 async def measure(scenarios: list[Scenario], ctx: Context, pg_problem: str | None) -> list[RunRecord]:
     """Every case of every scenario, each server in turn (the floor first), with a live line for each."""
-    runs = [(s, c, kind) for s in scenarios for c in s.cases for kind in s.servers]
+    runs = [
+        (s, c, repeat, kind)
+        for s in scenarios
+        for c in s.cases
+        for repeat in range(c.repeats)
+        for kind in s.servers_for(c)
+    ]
     records = []
-    for index, (scenario, case, kind) in enumerate(runs, start=1):
-        ctx.live.begin(index, f"{scenario.name} · {case.label} · {kind}")
+    for index, (scenario, case, repeat, kind) in enumerate(runs, start=1):
+        again = f" · run {repeat + 1}/{case.repeats}" if case.repeats > 1 else ""
+        ctx.live.begin(index, f"{scenario.name} · {case.label} · {kind}{again}")
         if scenario.database == "postgres" and pg_problem:
             record = RunRecord(scenario.name, case.label, case.level, kind, "postgres", skipped=pg_problem)
         else:
             record = await run_case(scenario, case, kind, ctx)
+        record.repeat = repeat
         ctx.live.end(summary_line(record))
         records.append(record)
     return records
@@ -246,12 +294,16 @@ async def main_async(args: argparse.Namespace, argv: list[str], charts: bool) ->
     started, clock = datetime.now().astimezone(), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as scratch:
         source = parley_source(args, Path(scratch))
+        baseline = baseline_source(args, scenarios, Path(scratch))
         machine = describe(source.description, pg_version)  # before pinning: it lists the usable cores
+        if baseline is not None:
+            machine["baseline_revision"] = baseline.description
         os.sched_setaffinity(
             0, generator_cores
         )  # the harness only reads /proc: it shares the generator's core
-        live = Live(sum(len(s.cases) * len(s.servers) for s in scenarios))
+        live = Live(sum(len(s.servers_for(c)) * c.repeats for s in scenarios for c in s.cases))
         ctx = Context(server_cores, generator_cores, Path(scratch), live, source, extra_env, profile)
+        ctx.baseline = baseline
         records = await measure(scenarios, ctx, pg_problem)
     meta = {
         "command": "python -m bench.run " + " ".join(argv),

@@ -13,6 +13,7 @@ from typing import Any, Literal
 PACED_DELAY_MS = 1000 / 30  # 30 deltas per second
 COALESCE_MS = 20  # the coalescing window of the `coalesce` scenario (PARLEY_COALESCE_MS)
 CUSTOMERS = 16  # connections use these many customers' tokens, round robin
+RESUME_EVENTS = 2000  # deltas of the turns the `resume` scenario replays
 
 Database = Literal["sqlite", "postgres"]
 
@@ -22,6 +23,8 @@ class Case:
     label: str
     level: int  # the x value in charts: streams, connections, ...
     load: dict[str, Any]
+    servers: tuple[str, ...] | None = None  # only these of the scenario's servers run this case
+    repeats: int = 1  # run the servers in turn this many times (each time with fresh servers)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,13 @@ class Scenario:
     servers: tuple[str, ...] = ("floor", "parley")
     notes: list[str] = field(default_factory=list)
     parley_env: dict[str, str] = field(default_factory=dict)  # for this scenario's Parley server only
+    profiled: bool = True  # with --profile, py-spy samples this scenario's Parley runs
+
+    def servers_for(self, case: Case) -> tuple[str, ...]:
+        """The servers that run ``case``, in order: the scenario's, or the case's own subset of them."""
+        if case.servers is None:
+            return self.servers
+        return tuple(kind for kind in self.servers if kind in case.servers)
 
 
 def _stream(connections: int, **load: Any) -> dict[str, Any]:
@@ -183,6 +193,63 @@ def slow(quick: bool) -> Scenario:
     )
 
 
+def resume(quick: bool) -> Scenario:
+    """Turn event logs (parley/streams.py), three ways: CPU per delta beside the code before them, resume
+    latency and replay rate, and memory per retained ended turn."""
+    n = 50 if quick else 100
+    single_timing = {"warmup_s": 0.5, "measure_s": 2.0} if quick else {"warmup_s": 1.0, "measure_s": 6.0}
+    sweep_timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
+    replay: dict[str, Any] = {
+        "mode": "resume",
+        "connections": 4,  # the resuming connections (same customer as the one that ran the turn)
+        "chunks": RESUME_EVENTS,
+        "resume_turns": 2 if quick else 5,  # unpaced turns run live, then each resumed in turn
+        "resumes": 20 if quick else 200,
+        "midturn_turns": 1 if quick else 2,  # paced turns resumed while they stream
+        "midturn_resumes": 3 if quick else 10,
+        "midturn_delay_ms": 1.0 if quick else 2.0,
+        "budget_s": 30.0 if quick else 60.0,
+    }
+    phases = [[100, 200], [8, RESUME_EVENTS]] if quick else [[500, 200], [48, RESUME_EVENTS]]
+    retain: dict[str, Any] = {
+        "mode": "retain",
+        "connections": 4,
+        "retain_phases": phases,
+        "settle_s": 0.5 if quick else 1.5,
+        "budget_s": 30.0 if quick else 90.0,
+    }
+    repeats = 1 if quick else 3  # the CPU cases: the target's 10% is within one pair's noise here
+    cases = [
+        Case(
+            "1 stream, 200 deltas",
+            1,
+            _stream(1, chunks=200, start_spread_s=0.0, **single_timing),
+            repeats=repeats,
+        ),
+        Case(f"{n} streams", n, _stream(n, chunks=200, start_spread_s=1.0, **sweep_timing), repeats=repeats),
+        Case(f"resume a {RESUME_EVENTS:,}-delta turn", RESUME_EVENTS, replay, servers=("parley",)),
+        Case(f"{phases[0][0]} ended turns kept", phases[0][0], retain, servers=("baseline", "parley")),
+    ]
+    return Scenario(
+        "resume",
+        "Resume: turn event logs",
+        "Every event of a turn goes into its log before a connection sees it. (1) CPU per delta: single "
+        f"stream 200-delta turns and {n} unpaced streams, on the floor, on Parley before the logs "
+        "(`baseline`, `--baseline-rev`) and on Parley, back to back"
+        + (f", {repeats} times over (fresh servers each time)" if repeats > 1 else "")
+        + ". (2) Resume: a connection runs an "
+        f"unpaced {RESUME_EVENTS:,}-delta turn, then another connection of the same customer sends "
+        "`resume` with `after_seq: -1`, over and over, one at a time; and turns paced at "
+        f"`delay_ms` are resumed from fresh connections while they stream. (3) Memory: ended turns run "
+        "back to back and kept (the TTL is 600 s), on the baseline and on Parley: server RSS growth per "
+        "turn beside what the log accounts. Not profiled with `--profile` (py-spy would share the "
+        "generator's core during a side-by-side comparison).",
+        cases,
+        servers=("floor", "baseline", "parley"),
+        profiled=False,
+    )
+
+
 SCENARIOS = (
     "single",
     "sweep",
@@ -194,6 +261,7 @@ SCENARIOS = (
     "persist-sqlite",
     "persist-postgres",
     "slow",
+    "resume",
 )
 
 
@@ -210,6 +278,7 @@ def build(name: str, quick: bool) -> Scenario:
         "cancel": cancel,
         "idle": idle,
         "slow": slow,
+        "resume": resume,
     }
     return builders[name](quick)
 

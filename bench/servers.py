@@ -29,7 +29,11 @@ from bench.metrics import raise_nofile_limit
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
-ServerKind = Literal["floor", "parley"]
+ServerKind = Literal["floor", "parley", "baseline"]
+# The servers that are Parley: "parley" (the working tree, or ``--parley-rev``) and "baseline"
+# (``--baseline-rev``: the code to compare it with side by side, in the `resume` scenario).
+PARLEY_KINDS = frozenset({"parley", "baseline"})
+DEFAULT_BASELINE_REV = "0a9d2ec"  # the code before the turn event logs (parley/streams.py)
 
 # What the harness sets besides host, port, secret, data dir and database; the report prints these.
 PARLEY_BENCH_SETTINGS: dict[str, str] = {
@@ -224,15 +228,17 @@ def start_parley(
     database_url: str | None,
     source: ParleySource,
     extra_env: Mapping[str, str],
+    kind: ServerKind = "parley",
 ) -> Server:
-    workdir = Path(tempfile.mkdtemp(prefix="parley-", dir=scratch))
+    """Parley from ``source``; ``kind`` "baseline" when it is the revision to compare with."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=scratch))
     port = free_port()
     secret = secrets.token_urlsafe(48)
     env = parley_env(port, secret, workdir / "data", database_url, extra_env)
     log_path = workdir / "server.log"
     command = [sys.executable, "-m", "parley", "serve"]
     proc = spawn(command, clean_env(env, source.path), workdir, log_path, cores)
-    server = Server("parley", proc, port, log_path, workdir, secret, database, database_url, env, source.path)
+    server = Server(kind, proc, port, log_path, workdir, secret, database, database_url, env, source.path)
     server.wait_ready()
     return server
 

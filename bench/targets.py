@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -190,9 +191,114 @@ def slow_targets(res: Results) -> list[Verdict]:
     return [Verdict("slow readers: server memory stays bounded", shown, growth["bounded"] > 0)]
 
 
+LOG_CPU_LIMIT = 1.10  # server CPU per delta with the turn log ÷ without it
+FIRST_REPLAYED_MS = 5.0
+RESUME_MODES = (("ended", "ended"), ("midturn", "while it streams"))
+
+
+def resume_where(res: Results, level: int) -> str:
+    parley = res.find("resume", "parley", level) or res.find("resume", "baseline", level)
+    chunks = int(value(parley, "spec", "chunks")) if parley is not None else 200
+    return f"single stream, {chunks}-delta turns" if level == 1 else f"{level} unpaced streams"
+
+
+def log_cpu_pairs(res: Results, level: int) -> list[tuple[float, float, float]]:
+    """Server CPU per delta of Parley and of the baseline, and their ratio, for each repeat of a `resume`
+    CPU case in which both ran."""
+    baseline = {r.repeat: r for r in res.runs("resume", "baseline", level)}
+    pairs = []
+    for parley in res.runs("resume", "parley", level):
+        if parley.repeat in baseline:
+            a = value(parley, "server_cpu_per_delta_us")
+            b = value(baseline[parley.repeat], "server_cpu_per_delta_us")
+            pairs.append((a, b, ratio(a, b)))
+    return pairs
+
+
+def fine_times(x: float) -> str:
+    """A ratio with three decimals: a near miss of the 10% target must not round to the limit."""
+    return "–" if math.isnan(x) else f"{x:.3f}×"
+
+
+def median(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.median(kept) if kept else math.nan
+
+
+def log_cpu_targets(res: Results) -> list[Verdict]:
+    """Parley ÷ the baseline (the code before the turn logs), side by side in the `resume` scenario: the
+    median of the ratios of the pairs run back to back."""
+    out = []
+    for level in res.mode_levels("resume", "stream") or [1, 100]:
+        pairs = log_cpu_pairs(res, level)
+        measured = median([r for _, _, r in pairs])
+        a, b = median([a for a, _, _ in pairs]), median([b for _, b, _ in pairs])
+        if len(pairs) > 1:
+            each = ", ".join(times(r) for _, _, r in pairs)
+            cpus = f"{us(a)} with vs {us(b)} without"
+            shown = f"{fine_times(measured)} (median of {len(pairs)} pairs: {each}; {cpus})"
+        else:
+            shown = f"{fine_times(measured)} ({us(a)} with vs {us(b)} without)"
+        target = f"server CPU per delta with the turn log ≤ {LOG_CPU_LIMIT:.2f} × without it (baseline), "
+        out.append(at_most(target + resume_where(res, level), measured, LOG_CPU_LIMIT, fine_times, shown))
+    return out
+
+
+def replay_targets(res: Results) -> list[Verdict]:
+    """Resumes of a 2,000-delta turn with ``after_seq: -1``: once ended, and while it streams."""
+    parley = res.of_mode("resume", "parley", "resume")
+    chunks = num(value(parley, "spec", "chunks"), 0) if parley is not None else "2,000"
+    live = value(parley, "live", "deltas_per_s", "p50")
+    out = []
+    for key, when in RESUME_MODES:
+        first = value(parley, key, "first_ms", "p50")
+        shown = f"{ms(first)} (p99 {ms(value(parley, key, 'first_ms', 'p99'))}, "
+        shown += f"{num(value(parley, key, 'resumes'), 0)} resumes)"
+        target = (
+            f"resume of a {chunks}-delta turn ({when}): first replayed event p50 ≤ {FIRST_REPLAYED_MS:g} ms"
+        )
+        out.append(at_most(target, first, FIRST_REPLAYED_MS, ms, shown))
+    for key, when in RESUME_MODES:
+        replay = value(parley, key, "events_per_s", "p50")
+        shown = f"{times(ratio(replay, live))} ({rate(replay)} vs live {rate(live)}, p50s)"
+        what = "whole replay" if key == "ended" else "replay up to the live head"
+        target = f"resume of a {chunks}-delta turn ({when}): {what} at ≥ the live rate of one unpaced stream"
+        out.append(at_least(target, ratio(replay, live), 1.0, times, shown))
+    return out
+
+
+def retained_targets(res: Results) -> list[Verdict]:
+    """Reported, not bounded: server RSS growth per ended turn kept, beside the log's own accounting and the
+    baseline's growth for the same turns (what is not the log's)."""
+    parley = res.of_mode("resume", "parley", "retain")
+    baseline = res.of_mode("resume", "baseline", "retain")
+    phases = parley.load.get("phases", []) if parley is not None else []
+    if not phases:
+        return [Verdict("memory per retained ended turn reported", "–", None)]
+    before = {p["deltas"]: p for p in (baseline.load.get("phases", []) if baseline is not None else [])}
+    out = []
+    for phase in phases:
+        growth, accounted = float(phase["per_turn_bytes"]), float(phase["accounted_per_turn"])
+        other = float(before[phase["deltas"]]["per_turn_bytes"]) if phase["deltas"] in before else math.nan
+        shown = (
+            f"RSS +{size(growth)} per turn ({phase['turns']} turns); the log accounts {size(accounted)}; "
+            f"baseline +{size(other)}"
+        )
+        met = None if math.isnan(growth) or math.isnan(accounted) else True
+        out.append(
+            Verdict(f"memory per retained ended turn reported, {phase['deltas']}-delta turns", shown, met)
+        )
+    return out
+
+
+def resume_targets(res: Results) -> list[Verdict]:
+    return [*log_cpu_targets(res), *replay_targets(res), *retained_targets(res)]
+
+
 def verdicts(res: Results) -> list[Verdict]:
     groups = (cpu_targets, throughput_targets, coalesce_targets, ttft_targets, cancel_targets, memory_targets)
-    return [v for group in (*groups, persist_targets, paced_targets, slow_targets) for v in group(res)]
+    more = (persist_targets, paced_targets, slow_targets, resume_targets)
+    return [v for group in (*groups, *more) for v in group(res)]
 
 
 def rss_growth(record: RunRecord) -> dict[str, float]:
