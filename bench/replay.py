@@ -1,11 +1,12 @@
 """What the `resume` scenario's generator reads: a turn on its own connection, resumes of it on others, and
-what a turn's log accounts for each event. Everything here runs inside the generator; the pure functions
-(``event_body``, ``log_entry_bytes``, ``live_rate``) are tested without a server.
+what a turn's log accounts for it. Everything here runs inside the generator; the pure functions
+(``event_body``, ``turn_log_bytes``, ``live_rate``) are tested without a server.
 
 Parley's turn events are encoded ``{"type":…,"request_id":…[,"session_id":…],"seq":N,<body>}``: the log keeps
 the kind and the *body* (the fields after ``seq``) and splices the head on per follower
-(parley/protocol.py, ``FrameEncoder``). So the body of a frame received is exactly what the log keeps for
-that event, and its length plus ``ENTRY_OVERHEAD`` is what the log counts for it (``TurnStreams.total``).
+(parley/protocol.py, ``FrameEncoder``). So the bodies of the frames received are exactly what the log keeps
+for that turn, and ``parley.streams.ended_log_bytes`` of them is what it counts for it once the turn ended
+(``TurnStreams.total``): the log's own count, computed the same way, not an estimate.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ import orjson
 from bench.drivers import Recorder, StreamDriver
 from bench.frames import chat_request, new_request_id
 from bench.wsclient import Payload, WsClient
+from parley.streams import ended_log_bytes
 
-# parley/streams.py's ENTRY_OVERHEAD (tests/test_bench_resume.py checks they agree): what the log counts per
-# event beyond its body's characters.
-ENTRY_OVERHEAD = 64
 SEQ_MARK = b'"seq":'
 TEXT_PREFIX = b'{"type":"text",'
 COMPLETE_PREFIX = b'{"type":"fullProcessComplete",'
@@ -44,13 +43,10 @@ def event_body(frame: bytes) -> bytes | None:
     return frame[comma + 1 : -1]
 
 
-def log_entry_bytes(frame: bytes) -> int:
-    """What the turn's log counts for the event this frame carries: its body's characters (a ``str`` in
-    the server, so characters, not UTF-8 bytes) + ``ENTRY_OVERHEAD``; 0 for a frame that is no event."""
-    body = event_body(frame)
-    if body is None:
-        return 0
-    return len(body.decode("utf-8", errors="replace")) + ENTRY_OVERHEAD
+def turn_log_bytes(frames: list[bytes]) -> int:
+    """What an ended turn's log counts for the events these frames (all of one turn, in order) carry."""
+    bodies = [body.decode("utf-8", errors="replace") for f in frames if (body := event_body(f)) is not None]
+    return ended_log_bytes(bodies)
 
 
 def live_rate(texts: int, first: float | None, last: float) -> float:
@@ -234,9 +230,14 @@ class AccountingDriver(StreamDriver):
         super().__init__(*args, **kwargs)
         self.accounted = 0
         self.events = 0
+        self._frames: list[bytes] = []  # the current turn's
 
     def on_frame(self, data: Payload, now: float) -> None:
         if self.turn is not None:
-            self.accounted += log_entry_bytes(bytes(data))
+            frame = bytes(data)
             self.events += 1
+            self._frames.append(frame)
+            if frame.startswith(COMPLETE_PREFIX):  # the turn ended: its log is sealed
+                self.accounted += turn_log_bytes(self._frames)
+                self._frames = []
         super().on_frame(data, now)

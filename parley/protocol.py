@@ -247,6 +247,7 @@ TURN_NAMES: dict[str, tuple[str, ...]] = {
     ),
 }
 _TEXT = int(Kind.TEXT)  # plain ints on the hot path: an IntEnum member is slower to compare and index
+_dumps = orjson.dumps
 
 
 def json_text(value: Any) -> str:
@@ -333,9 +334,19 @@ class TurnEmitter:
         None when the answer was cut."""
         if self.cut:
             return None
-        delta, quoted = encoded(delta)
-        first, self._first_text = self._first_text, False
-        self._log.append(_TEXT, '"content":' + quoted, first)
+        # The text policy's fast path (parley/text.py): text without NUL that orjson takes is clean.
+        if "\x00" in delta:
+            delta, quoted = encoded(delta)
+        else:
+            try:
+                quoted = _dumps(delta).decode()
+            except orjson.JSONEncodeError:
+                delta, quoted = encoded(delta)
+        if self._first_text:
+            self._first_text = False
+            self._log.append(_TEXT, '"content":' + quoted, True)
+        else:
+            self._log.append(_TEXT, '"content":' + quoted)
         return delta
 
     def reasoning(self, delta: str) -> str | None:

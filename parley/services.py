@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 class Channel(EventLog, Protocol):
     """Where a turn's events go (its log). ``congested`` asks the turn to ``wait_ready`` before more."""
 
-    @property
-    def congested(self) -> bool: ...
+    congested: bool
 
     async def wait_ready(self) -> None: ...
 

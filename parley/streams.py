@@ -18,19 +18,26 @@ and by answer message, for the REST view of an answer still streaming.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
+from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Protocol
 
 from parley.config import Dialect
 from parley.protocol import FrameEncoder, Kind
 
-# What one logged event costs beyond its body's characters: the body's str header (49 bytes for ASCII text),
-# its list slot and its kind's byte, rounded up. The bench's resume scenario measures the real cost.
-ENTRY_OVERHEAD = 64
+CHUNK = 64  # events per sealed chunk
+# An open chunk is sealed sooner once its bodies hold this many characters: memory is counted (towards the
+# caps) as chunks are sealed, so what a running turn holds uncounted stays below about this.
+OPEN_CHARS = 16 * 1024
+# A sealed chunk's fixed cost beyond its string and offsets: the tuple, the array's header, its list slot.
+CHUNK_OVERHEAD = 128
 EXPIRY_SWEEP_MAX_S = 5.0
 NO_SESSION = 1 << 62  # ``session_seq`` until the session exists: no event carries it
 _COMPLETE = int(Kind.COMPLETE)  # a plain int: compared at every event
@@ -64,17 +71,28 @@ class Expired(Exception):
 
 
 class TurnLog:
-    """One turn's events, numbered from 0, and the followers they are handed to as they are logged."""
+    """One turn's events, numbered from 0, and the followers they are handed to as they are logged.
+
+    Bodies are kept in chunks of ``CHUNK`` events: the open chunk is a list of strings; a full one is
+    sealed into one string and an array of offsets. A sealed chunk costs the bodies' characters and a few
+    bytes an event (a string per event costs 50 bytes more, and each is one more object for the garbage
+    collector to walk), and what it costs is known exactly (``sys.getsizeof``). Memory is freed a whole
+    chunk at a time, oldest first.
+    """
 
     __slots__ = (
         "_base",
+        "_open",
+        "_open_chars",
+        "_seal_at",
+        "_sealed",
+        "_starts",
         "_streams",
-        "bodies",
         "bytes",
         "cancel",
+        "congested",
         "customer_id",
         "ended_at",
-        "first_seq",
         "followers",
         "kinds",
         "live",
@@ -89,15 +107,20 @@ class TurnLog:
         self._streams = streams
         self.customer_id = customer_id
         self.request_id = request_id
-        self.kinds = bytearray()
-        self.bodies: list[str] = []  # bodies[i] is the event with seq _base + i
-        self._base = 0
-        self.first_seq = 0  # the oldest event still kept
+        self.kinds = bytearray()  # kinds[i] is the kind of the event with seq _base + i
+        self._sealed: list[tuple[str, array[int]]] = []  # one string and its events' end offsets each
+        self._starts: list[int] = []  # the seq of each sealed chunk's first event
+        self._open: list[str] = []  # the bodies after the sealed chunks
+        self._open_chars = 0
+        self._seal_at = CHUNK - 1  # the seq that fills the open chunk
+        self._base = 0  # the oldest event still kept
         self.next_seq = 0
-        self.bytes = 0
+        self.bytes = 0  # what the sealed chunks hold
         self.session_id: str | None = None
         self.session_seq = NO_SESSION  # events from this seq on carry session_id
         self.followers: list[Follower] = []  # replaced, never changed in place: ``append`` iterates it
+        # A live follower's socket was backed up at its last event: the turn should ``wait_ready``.
+        self.congested = False
         self.ended_at: float | None = None
         # Set by the turn: how to stop it (while it waits or runs) and what it has said so far (while
         # its answer row is ``streaming``).
@@ -109,23 +132,39 @@ class TurnLog:
     def ended(self) -> bool:
         return self.ended_at is not None
 
+    @property
+    def first_seq(self) -> int:
+        """The oldest event still kept."""
+        return self._base
+
     def append(self, kind: int, body: str, urgent: bool = False) -> int:
-        """Log one event and hand it to every follower; return its seq."""
+        """Log one event and hand it to every follower; return its seq. The hot path: one per delta."""
         seq = self.next_seq
         self.next_seq = seq + 1
         self.kinds.append(kind)
-        self.bodies.append(body)
-        size = len(body) + ENTRY_OVERHEAD
-        self.bytes += size
-        streams = self._streams
-        streams.total += size
+        self._open.append(body)
+        self._open_chars += len(body)
         session = self.session_id
         for follower in self.followers:
-            follower.deliver(kind, seq, body, session, urgent)
+            # ``Follower.deliver``, inlined for any event but the last: a call per event and follower was
+            # a third of what the log cost a delta (callgrind).
+            if kind == _COMPLETE:
+                follower.deliver(kind, seq, body, session, urgent)
+                continue
+            if session is not follower._session:
+                follower._switch(session)
+            out = follower.out
+            if urgent:
+                out.push_now(f"{follower._prefixes[kind]}{seq},{body}}}")
+            else:
+                out.push(f"{follower._prefixes[kind]}{seq},{body}}}")
+            follower.next_seq = seq + 1
+            if out.congested:
+                self.congested = True
+        if seq >= self._seal_at or self._open_chars > OPEN_CHARS:
+            self._seal()
         if kind == _COMPLETE:
             self._end()
-        if self.bytes > streams.turn_cap or streams.total > streams.cap:
-            streams.make_room(self)
         return seq
 
     def set_session(self, session_id: str) -> None:
@@ -133,21 +172,12 @@ class TurnLog:
             self.session_id = session_id
             self.session_seq = self.next_seq
 
-    # -- the turn waits for followers that cannot keep up ----------------------------------------------
-
-    @property
-    def congested(self) -> bool:
-        """A live follower's socket is backed up: the turn should ``wait_ready`` before more."""
-        for follower in self.followers:  # noqa: SIM110 - asked at every delta: a loop beats any()
-            if follower.out.congested:
-                return True
-        return False
-
     async def wait_ready(self) -> None:
         """Wait for every backed-up follower (each gives up on its client after its stall timeout)."""
         for follower in self.followers:
             if follower.out.congested:
                 await follower.out.wait_ready()
+        self.congested = False
 
     # -- followers ---------------------------------------------------------------------------------------
 
@@ -175,39 +205,68 @@ class TurnLog:
 
     def event(self, seq: int) -> tuple[int, str, str | None]:
         """The kept event ``seq``: its kind, body and the session id it carries. Raises ``Expired``."""
-        if seq < self.first_seq:
-            raise Expired
         index = seq - self._base
+        if index < 0:
+            raise Expired
+        opened = self._open_from()
+        if seq >= opened:
+            body = self._open[seq - opened]
+        else:
+            chunk = bisect_right(self._starts, seq) - 1
+            joined, ends = self._sealed[chunk]
+            at = seq - self._starts[chunk]
+            body = joined[ends[at - 1] if at else 0 : ends[at]]
         session = self.session_id if seq >= self.session_seq else None
-        return self.kinds[index], self.bodies[index], session
+        return self.kinds[index], body, session
+
+    def _open_from(self) -> int:
+        """The seq of the open chunk's first event."""
+        return self.next_seq - len(self._open)
 
     # -- memory ------------------------------------------------------------------------------------------
 
     def trim(self, keep_bytes: int) -> None:
-        """Drop the oldest events until at most ``keep_bytes`` are kept (the newest event always stays)."""
-        freed = 0
-        while self.bytes - freed > keep_bytes and self.first_seq < self.next_seq - 1:
-            index = self.first_seq - self._base
-            freed += len(self.bodies[index]) + ENTRY_OVERHEAD
-            self.bodies[index] = ""
-            self.first_seq += 1
-        self.bytes -= freed
-        self._streams.total -= freed
-        dropped = self.first_seq - self._base
-        if dropped > 64 and dropped * 2 > len(self.bodies):  # compact: amortised O(1) per event
-            del self.bodies[:dropped]
-            del self.kinds[:dropped]
-            self._base = self.first_seq
+        """Drop the oldest chunks until at most ``keep_bytes`` are kept (the newest events always stay)."""
+        sealed = self._sealed
+        while self.bytes > keep_bytes and (len(sealed) > 1 or (sealed and self._open)):
+            joined, ends = sealed.pop(0)
+            del self._starts[0]
+            self._account(-sealed_size(joined, ends))
+            del self.kinds[: len(ends)]
+            self._base += len(ends)
 
     def drop(self) -> None:
         """Forget every event (evicted): a follower still replaying gets ``Expired``."""
-        self._streams.total -= self.bytes
-        self.bytes = 0
-        self.bodies = []
+        self._account(-self.bytes)
+        self._sealed = []
+        self._starts = []
+        self._open = []
+        self._open_chars = 0
         self.kinds = bytearray()
-        self._base = self.first_seq = self.next_seq
+        self._base = self.next_seq
+
+    def _seal(self) -> None:
+        """The open chunk as one string and its offsets, counted from now on; then the caps."""
+        opened = self._open
+        joined = "".join(opened)
+        ends = array("I", accumulate(map(len, opened)))
+        self._starts.append(self._open_from())
+        self._sealed.append((joined, ends))
+        self._open = []
+        self._open_chars = 0
+        self._seal_at = self.next_seq + CHUNK - 1
+        self._account(sealed_size(joined, ends))
+        streams = self._streams
+        if self.bytes > streams.turn_cap or streams.total > streams.cap:
+            streams.make_room(self)
+
+    def _account(self, change: int) -> None:
+        self.bytes += change
+        self._streams.total += change
 
     def _end(self) -> None:
+        if self._open:
+            self._seal()
         self.ended_at = self._streams.clock()
         self.cancel = None
         self.live = None
@@ -215,6 +274,12 @@ class TurnLog:
         for follower in followers:
             follower.finish()
         self._streams.ended(self)
+
+
+def sealed_size(joined: str, ends: array[int]) -> int:
+    """What a sealed chunk holds in memory, as the logs count it: its string, its offsets and its kinds'
+    bytes."""
+    return sys.getsizeof(joined) + ends.itemsize * len(ends) + len(ends) + CHUNK_OVERHEAD
 
 
 class Follower:
@@ -238,19 +303,21 @@ class Follower:
         self.next_seq, self._seen_head = start
         self._on_done = on_done
 
-    def deliver(self, kind: int, seq: int, body: str, session: str | None, urgent: bool) -> None:
-        """A live event (the hot path: one frame per text delta)."""
+    def deliver(self, kind: int, seq: int, body: str, session: str | None, urgent: bool) -> bool:
+        """A live event (the hot path: one frame per text delta). True when the socket is backed up."""
+        out = self.out
         if kind == _COMPLETE:
             self._closing(seq, body, session)
-            return
+            return False
         if session is not self._session:
             self._switch(session)
         frame = f"{self._prefixes[kind]}{seq},{body}}}"
         if urgent:
-            self.out.push_now(frame)
+            out.push_now(frame)
         else:
-            self.out.push(frame)
+            out.push(frame)
         self.next_seq = seq + 1
+        return out.congested
 
     def catch_up(self) -> bool:
         """Send the logged events from ``next_seq`` on: True once caught up, False when the socket is
@@ -311,7 +378,7 @@ class TurnStreams:
         self.cap = cap_bytes
         self.turn_cap = min(turn_cap_bytes, cap_bytes)
         self.clock = clock
-        self.total = 0  # bytes kept by every log (see ENTRY_OVERHEAD)
+        self.total = 0  # bytes kept by every log's sealed chunks
         self._index: dict[tuple[str, str], TurnLog] = {}
         self._by_message: dict[uuid.UUID, TurnLog] = {}
         self._running: set[TurnLog] = set()
@@ -391,3 +458,13 @@ class TurnStreams:
         if log.message_id is not None and self._by_message.get(log.message_id) is log:
             del self._by_message[log.message_id]
         log.drop()
+
+
+def ended_log_bytes(bodies: list[str]) -> int:
+    """What an ended turn's log counts for these bodies (all its chunks sealed): for the benchmark, which
+    reads the bodies off the frames it receives."""
+    total = 0
+    for start in range(0, len(bodies), CHUNK):
+        chunk = bodies[start : start + CHUNK]
+        total += sealed_size("".join(chunk), array("I", accumulate(map(len, chunk))))
+    return total

@@ -21,7 +21,6 @@ from bench import replay as bench_replay
 from bench.drivers import Recorder, TurnLoad, Window
 from bench.harness import Context, Live, RunRecord, run_case, start_server
 from bench.replay import (
-    ENTRY_OVERHEAD,
     AccountingDriver,
     Ping,
     Replay,
@@ -29,7 +28,7 @@ from bench.replay import (
     event_body,
     first_difference,
     live_rate,
-    log_entry_bytes,
+    turn_log_bytes,
 )
 from bench.report import render
 from bench.results import Results
@@ -37,7 +36,6 @@ from bench.run import baseline_source, describe_plan, parse_args, summary_line
 from bench.scenarios import SCENARIOS, build
 from bench.servers import ParleySource
 from bench.targets import log_cpu_targets, replay_targets, retained_targets, verdicts
-from parley import streams
 from parley.protocol import TurnEmitter
 from parley.streams import Follower, TurnStreams
 
@@ -81,33 +79,28 @@ def logged_turn(deltas: list[str]) -> tuple[TurnStreams, list[bytes]]:
     return registry, [f.encode() for f in out.frames]
 
 
-def test_the_benchs_entry_overhead_is_the_logs() -> None:
-    assert ENTRY_OVERHEAD == streams.ENTRY_OVERHEAD
-
-
-def test_the_accounting_read_from_the_frames_is_the_logs_own_total() -> None:
-    deltas = ["Parley s", 'quo"te', "new\nline", "héllo wörld", "€ and 😀", "x" * 8]
-    registry, frames = logged_turn(deltas)
-    assert len(frames) == len(deltas) + 3  # working, the texts, dbOperationExecuted, fullProcessComplete
-    assert sum(log_entry_bytes(f) for f in frames) == registry.total
+@pytest.mark.parametrize("count", [6, 64, 150])
+def test_the_accounting_read_from_the_frames_is_the_logs_own_total(count: int) -> None:
+    pieces = ["Parley s", 'quo"te', "new\nline", "héllo wörld", "€ and 😀", "x" * 8]
+    registry, frames = logged_turn([pieces[n % len(pieces)] for n in range(count)])
+    assert len(frames) == count + 3  # working, the texts, dbOperationExecuted, fullProcessComplete
+    assert turn_log_bytes(frames) == registry.total
 
 
 def test_the_body_is_the_frames_tail_after_the_seq() -> None:
     frame = b'{"type":"text","request_id":"r","session_id":"s","seq":12,"content":"a,\\"seq\\":1"}'
     assert event_body(frame) == b'"content":"a,\\"seq\\":1"'
-    assert log_entry_bytes(frame) == len('"content":"a,\\"seq\\":1"') + ENTRY_OVERHEAD
-    # Characters, as the server's str counts them, not UTF-8 bytes.
-    assert log_entry_bytes('{"type":"text","seq":0,"content":"é"}'.encode()) == 13 + ENTRY_OVERHEAD
 
 
 def test_frames_that_are_no_turn_event_account_nothing() -> None:
-    for frame in (
+    others = [
         b'{"type":"websocketReady","content":"Backend ready","connection_id":"c"}',
         b'{"type":"pong","timestamp":"2026-01-01T00:00:00Z"}',
         b'{"type":"error","content":"gone","stage":"validation","code":"stream_expired","request_id":"r"}',
-    ):
+    ]
+    for frame in others:
         assert event_body(frame) is None
-        assert log_entry_bytes(frame) == 0
+    assert turn_log_bytes(others) == 0
 
 
 # -- rates and comparisons ---------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from tests.resume_helpers import (
     until_seq,
 )
 
+LONG_TEXT = "".join(f"{n:04d} " for n in range(1500))  # 1,500 deltas
+
 # (dialect, how the connection is lost) for each leg of a turn: the first sends it, the others resume it.
 PLANS = [
     [("camel", "close"), ("snake", "abort"), ("camel", "abort"), ("snake", "close"), ("camel", "")],
@@ -193,7 +195,7 @@ async def test_evicted_events_are_expired_and_the_kept_tail_resumes(tmp_path: Pa
         live_server(make_settings(tmp_path, resume_turn_bytes=8 * 1024)) as server,
         await server.client() as client,
     ):
-        rid = await client.chat("Long", options={"text": TEXT, "chunks": 300})
+        rid = await client.chat("Long", options={"text": LONG_TEXT, "chunks": 1500})  # about 32 KiB kept
         own = await client.events(rid)
         await client.send(resume_frame(rid, -1))
         error = await next_error(client)
@@ -203,16 +205,16 @@ async def test_evicted_events_are_expired_and_the_kept_tail_resumes(tmp_path: Pa
 
 
 async def test_the_oldest_ended_turns_go_first_when_all_logs_are_full(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, resume_buffer_bytes=64 * 1024, resume_turn_bytes=32 * 1024)
+    settings = make_settings(tmp_path, resume_buffer_bytes=64 * 1024)
     async with live_server(settings) as server, await server.client() as client:
         rids = []
-        for _ in range(6):  # about 24 KiB of log each
-            rids.append(await client.chat("Fill", options={"text": TEXT, "chunks": 300}))
+        for _ in range(6):  # about 32 KiB of log each
+            rids.append(await client.chat("Fill", options={"text": LONG_TEXT, "chunks": 1500}))
             await client.events(rids[-1])
         await client.send(resume_frame(rids[0], -1))
         assert (await next_error(client))["code"] == "stream_expired"
         newest = await resumed(client, rids[-1], -1)
-    assert check_turn(newest).text == TEXT
+    assert check_turn(newest).text == LONG_TEXT
     assert server.runtime.streams.total <= 64 * 1024
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from parley.protocol import Kind, TurnEmitter
-from parley.streams import ENTRY_OVERHEAD, Expired, Follower, TurnLog, TurnStreams
+from parley.streams import Expired, Follower, TurnLog, TurnStreams, ended_log_bytes
 
 
 class Outlet:
@@ -123,13 +123,20 @@ def test_a_backed_up_socket_pauses_the_replay_without_losing_an_event() -> None:
     assert seen == list(range(52))  # working, 50 deltas, the end
 
 
-def test_the_turn_waits_only_for_a_live_follower_that_is_backed_up() -> None:
+async def test_the_turn_waits_only_for_a_live_follower_that_is_backed_up() -> None:
     streams, _ = registry()
     log = turn(streams, deltas=1, end=False)
     outlet = follow(log, -1, room=100)
+    replaying = Outlet(room=0)  # a follower still replaying: the turn never waits for it
+    Follower(log, replaying, "camel", (0, False)).catch_up()  # type: ignore[arg-type]
+    TurnEmitter(log, "r1").text("more ")
     assert not log.congested
     outlet.room = 0
+    TurnEmitter(log, "r1").text("and more ")
     assert log.congested
+    outlet.room = 100
+    await log.wait_ready()
+    assert not log.congested
 
 
 def test_one_turn_keeps_at_most_its_cap_and_its_newest_event() -> None:
@@ -156,8 +163,8 @@ def test_a_resume_of_evicted_events_is_expired() -> None:
 
 def test_over_the_server_cap_ended_turns_go_first_oldest_first() -> None:
     streams, _ = registry(cap=64 * 1024)
-    ended = [turn(streams, f"e{n}", deltas=200) for n in range(6)]  # about 16 KiB each
-    running = turn(streams, "live", deltas=200, end=False)
+    ended = [turn(streams, f"e{n}", deltas=600) for n in range(6)]  # about 15 KiB each
+    running = turn(streams, "live", deltas=600, end=False)
     assert streams.total <= 64 * 1024
     survivors = [log.request_id for log in ended if streams.find("c1", log.request_id) is not None]
     kept = len(survivors)
@@ -167,7 +174,7 @@ def test_over_the_server_cap_ended_turns_go_first_oldest_first() -> None:
 
 def test_over_the_server_cap_with_only_running_turns_their_oldest_events_go() -> None:
     streams, _ = registry(cap=64 * 1024)
-    logs = [turn(streams, f"r{n}", deltas=200, end=False) for n in range(6)]
+    logs = [turn(streams, f"r{n}", deltas=1000, end=False) for n in range(6)]
     assert streams.total <= 64 * 1024
     assert all(streams.find("c1", log.request_id) is log for log in logs)
     assert any(log.first_seq > 0 for log in logs)
@@ -204,7 +211,28 @@ def test_a_running_turn_never_expires_and_a_later_turn_with_the_same_id_takes_it
     assert streams.find("other-customer", "same") is None
 
 
-def test_memory_accounting_is_exact() -> None:
+@pytest.mark.parametrize("deltas", [3, 61, 62, 200])
+def test_an_ended_turns_memory_is_counted_exactly(deltas: int) -> None:
     streams, _ = registry()
-    log = turn(streams, deltas=3)
-    assert log.bytes == sum(len(b) + ENTRY_OVERHEAD for b in log.bodies) == streams.total
+    log = turn(streams, deltas=deltas)
+    bodies = [log.event(seq)[1] for seq in range(log.next_seq)]
+    assert log.bytes == streams.total == ended_log_bytes(bodies)
+
+
+def test_every_event_reads_back_as_logged_across_chunks() -> None:
+    streams, _ = registry()
+    log = turn(streams, deltas=300, end=False)  # sealed chunks and an open one
+    texts = [log.event(seq)[1] for seq in range(1, 301)]
+    assert texts == [f'"content":"d{n} "' for n in range(300)]
+    assert log.event(0)[2] is None and log.event(1)[2] == "s1"  # session from seq 1 on
+
+
+def test_big_events_seal_their_chunk_early_and_read_back() -> None:
+    streams, _ = registry()
+    log = streams.open("c1", "big")
+    events = TurnEmitter(log, "big")
+    pieces = [f"{n:05d}" + "x" * 6000 for n in range(10)]
+    for piece in pieces:
+        events.text(piece)
+    assert log.bytes > 0  # sealed (and counted) before CHUNK events
+    assert [json.loads("{" + log.event(seq)[1] + "}")["content"] for seq in range(10)] == pieces
