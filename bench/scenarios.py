@@ -218,7 +218,7 @@ def resume(quick: bool) -> Scenario:
         "settle_s": 0.5 if quick else 1.5,
         "budget_s": 30.0 if quick else 90.0,
     }
-    repeats = 1 if quick else 3  # the CPU cases: the target's 10% is within one pair's noise here
+    repeats = 1 if quick else 5  # the CPU cases: the target's 10% is within one run's noise here
     cases = [
         Case(
             "1 stream, 200 deltas",

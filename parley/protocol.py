@@ -258,26 +258,26 @@ def json_text(value: Any) -> str:
         return json.dumps(clean_json(value), ensure_ascii=False, default=str)
 
 
+_QUOTED_NAMES = {dialect: [json_text(name) for name in names] for dialect, names in TURN_NAMES.items()}
+
+
 class FrameEncoder:
     """A turn's logged events as wire frames in one dialect: a prefix per kind, made once per turn (and
     once more when the session id appears), then the seq and the body spliced on (``frame``)."""
 
-    __slots__ = ("_names", "_request_id", "snake")
+    __slots__ = ("_names", "_request_id", "_request_json", "snake")
 
     def __init__(self, dialect: Dialect, request_id: str) -> None:
-        self._names = TURN_NAMES[dialect]
+        self._names = _QUOTED_NAMES[dialect]
         self._request_id = request_id
+        self._request_json = json_text(request_id)
         self.snake = dialect == "snake"
 
     def prefixes(self, session_id: str | None) -> list[str]:
         """Each kind's frame up to its seq: ``{"type":…,"request_id":…,"session_id":…,"seq":``."""
-        prefixes = []
-        for name in self._names:
-            head: dict[str, Any] = {"type": name, "request_id": self._request_id}
-            if session_id is not None:
-                head["session_id"] = session_id
-            prefixes.append(encode(head)[:-1] + ',"seq":')
-        return prefixes
+        session = "" if session_id is None else f',"session_id":{json_text(session_id)}'
+        tail = f',"request_id":{self._request_json}{session},"seq":'
+        return [f'{{"type":{name}{tail}' for name in self._names]
 
     @staticmethod
     def frame(prefixes: list[str], kind: int, seq: int, body: str) -> str:
