@@ -231,6 +231,15 @@ def describe_plan(scenarios: list[Scenario]) -> dict[str, Any]:
     }
 
 
+def run_order(servers: tuple[str, ...], repeat: int) -> tuple[str, ...]:
+    """The servers of one run of a case: the floor first, then the others, reversed every other repeat,
+    so a machine that slows down as a run goes on (heat, CPU credits) cannot favour whichever comes first."""
+    rest = [k for k in servers if k != "floor"]
+    if repeat % 2:
+        rest.reverse()
+    return tuple(k for k in servers if k == "floor") + tuple(rest)
+
+
 async def measure(scenarios: list[Scenario], ctx: Context, pg_problem: str | None) -> list[RunRecord]:
     """Every case of every scenario, each server in turn (the floor first), with a live line for each."""
     runs = [
@@ -238,7 +247,7 @@ async def measure(scenarios: list[Scenario], ctx: Context, pg_problem: str | Non
         for s in scenarios
         for c in s.cases
         for repeat in range(c.repeats)
-        for kind in s.servers_for(c)
+        for kind in run_order(s.servers_for(c), repeat)
     ]
     records = []
     for index, (scenario, case, repeat, kind) in enumerate(runs, start=1):

@@ -72,8 +72,12 @@ class TextSender:
     def add(self, text: str) -> None:
         if self._closed:
             return
-        if self._window <= 0:
-            self._send(text)
+        if self._window <= 0:  # ``_send``, inlined: this is once per delta
+            sent = self._emit(text)
+            if sent is not None:
+                answer = self._answer
+                answer.text.append(sent)
+                answer.version += 1
             return
         now = asyncio.get_running_loop().time()
         if self._timer is None and now - self._last_sent >= self._window:

@@ -32,7 +32,7 @@ from bench.replay import (
 )
 from bench.report import render
 from bench.results import Results
-from bench.run import baseline_source, describe_plan, parse_args, summary_line
+from bench.run import baseline_source, describe_plan, parse_args, run_order, summary_line
 from bench.scenarios import SCENARIOS, build
 from bench.servers import ParleySource
 from bench.targets import log_cpu_targets, replay_targets, retained_targets, verdicts
@@ -450,3 +450,11 @@ def test_the_readers_module_keeps_its_prefixes_in_step_with_parleys_encoding() -
     _, frames = logged_turn(["Parley s"])
     assert frames[1].startswith(bench_replay.TEXT_PREFIX)
     assert frames[-1].startswith(bench_replay.COMPLETE_PREFIX)
+
+
+def test_repeats_alternate_which_parley_runs_first() -> None:
+    servers = ("floor", "baseline", "parley")
+    assert run_order(servers, 0) == ("floor", "baseline", "parley")
+    assert run_order(servers, 1) == ("floor", "parley", "baseline")
+    assert run_order(servers, 2) == servers
+    assert run_order(("parley",), 1) == ("parley",)
