@@ -138,9 +138,9 @@ class Server:
         tokens: list[str] = json.loads(done.stdout)
         return tokens
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Poll ``/healthz`` until it answers 200; fail with the log's tail if the process dies first."""
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         url = f"http://127.0.0.1:{self.port}/healthz"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -154,7 +154,7 @@ class Server:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(
-            f"{self.kind} did not answer {url} within {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}"
+            f"{self.kind} did not answer {url} within {timeout_s:.0f}s:\n{self.log_tail()}"
         )
 
     def stop(self) -> int | None:

@@ -50,7 +50,7 @@ log = logging.getLogger("parley.turn")
 
 DEFAULT_MODEL = "demo"
 
-__all__ = ["Turn", "TurnServices", "request_id_of"]
+__all__ = ["Turn", "request_id_of"]
 
 
 def request_id_of(raw: dict[str, Any]) -> tuple[str, str | None]:

@@ -20,6 +20,7 @@ import pytest
 from bench import replay as bench_replay
 from bench.drivers import Recorder, TurnLoad, Window
 from bench.harness import Context, Live, RunRecord, run_case, start_server
+from bench.instructions import Count, table, totals
 from bench.replay import (
     AccountingDriver,
     Ping,
@@ -458,3 +459,18 @@ def test_repeats_alternate_which_parley_runs_first() -> None:
     assert run_order(servers, 1) == ("floor", "parley", "baseline")
     assert run_order(servers, 2) == servers
     assert run_order(("parley",), 1) == ("parley",)
+
+
+def test_instruction_counts_read_callgrinds_totals_and_divide_by_the_deltas(tmp_path: Path) -> None:
+    out = tmp_path / "callgrind.out"
+    out.write_text("version: 1\nevents: Ir\nfl=(1) x.c\nfn=(1) f\n3 7\n\ntotals: 1234567\n")
+    assert totals(out) == 1234567
+    (tmp_path / "empty.out").write_text("events: Ir\n")
+    with pytest.raises(ValueError, match="no totals"):
+        totals(tmp_path / "empty.out")
+    counts = [
+        Count("baseline", "0a9d2ec", 1, 20, 2000, 40_000 * 20 * 2000),
+        Count("parley", "working tree", 1, 20, 2000, 44_000 * 20 * 2000),
+    ]
+    assert counts[1].per_delta == 44_000
+    assert table(counts)[-1] == "| 1 | 20 turns × 2,000 deltas | 40,000 | 44,000 | 1.100× |"
