@@ -1,8 +1,10 @@
-"""Instructions per delta, Parley beside a baseline revision, counted by callgrind: a noise-free reading.
+"""Instructions per delta, Parley beside a baseline revision, counted by callgrind: a steadier reading.
 
 CPU seconds per delta (the ``resume`` scenario) move by ±20% between runs on a shared 2-core machine, more
-than the 10% the turn log may cost. callgrind counts the instructions the server executes instead, which is
-the same for the same build, input and environment whatever else the machine does. Each server runs under
+than the 10% the turn log may cost. callgrind counts the instructions the server executes instead. They
+hardly depend on what else the machine does, but not at all is too strong: how often the event loop wakes
+with nothing to do depends on how fast the client is, so two runs differ by up to about 2%, the more so the
+more loaded the machine is. Both builds of a case run at once, so they share that. Each server runs under
 ``valgrind --tool=callgrind`` with instrumentation off while it starts and warms up; it is switched on
 (``callgrind_control -i on``) for the measured turns only and off again before the server stops, so the count
 is the turns' alone: every thread of the server (the event loop, the SQLite writer), the client excluded.
@@ -65,8 +67,9 @@ class Count:
 
 
 def totals(path: Path) -> int:
-    """The ``totals:`` (or ``summary:``) line of a callgrind output file: all instructions counted."""
-    found = re.search(r"^(?:totals|summary):\s+(\d+)", path.read_text(errors="replace"), re.MULTILINE)
+    """The ``totals:`` line of a callgrind output file: all instructions counted. (Its ``summary:`` line
+    comes first and, with instrumentation switched on and off at run time, says 0.)"""
+    found = re.search(r"^totals:\s+(\d+)", path.read_text(errors="replace"), re.MULTILINE)
     if found is None:
         raise ValueError(f"{path} holds no totals line")
     return int(found.group(1))
@@ -74,7 +77,7 @@ def totals(path: Path) -> int:
 
 async def run_turns(url: str, token: str, turns: int, deltas: int) -> None:
     """``turns`` turns one after another on one connection, each read to its ``fullProcessComplete``."""
-    async with websockets.connect(f"{url}?token={token}", max_size=None) as ws:
+    async with websockets.connect(f"{url}?token={token}", max_size=None, open_timeout=None) as ws:
         for _ in range(turns):
             await ws.send(orjson.dumps(chat_request(new_request_id(), deltas, DELTA_CHARS, 0)).decode())
             while orjson.loads(await ws.recv()).get("type") != "fullProcessComplete":

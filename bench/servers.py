@@ -153,9 +153,7 @@ class Server:
                     return
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(
-            f"{self.kind} did not answer {url} within {timeout_s:.0f}s:\n{self.log_tail()}"
-        )
+        raise RuntimeError(f"{self.kind} did not answer {url} within {timeout_s:.0f}s:\n{self.log_tail()}")
 
     def stop(self) -> int | None:
         """SIGTERM, wait, SIGKILL if needed; return the exit code."""

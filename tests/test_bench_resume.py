@@ -463,7 +463,7 @@ def test_repeats_alternate_which_parley_runs_first() -> None:
 
 def test_instruction_counts_read_callgrinds_totals_and_divide_by_the_deltas(tmp_path: Path) -> None:
     out = tmp_path / "callgrind.out"
-    out.write_text("version: 1\nevents: Ir\nfl=(1) x.c\nfn=(1) f\n3 7\n\ntotals: 1234567\n")
+    out.write_text("version: 1\nevents: Ir\nsummary: 0\nfl=(1) x.c\nfn=(1) f\n3 7\n\ntotals: 1234567\n")
     assert totals(out) == 1234567
     (tmp_path / "empty.out").write_text("events: Ir\n")
     with pytest.raises(ValueError, match="no totals"):
