@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -75,10 +76,11 @@ async def test_mcp_tools_in_a_turn_with_a_failure_and_the_next_turns_context(mcp
         "tool_calls": [
             call("fake__add", a=2, b=3),
             call("fake__fail", message="no luck"),
+            call("fake__rpc_error", code=-32000, message="rpc went wrong"),
             call("calculator", expression="2*3"),
         ]
     }
-    tools = ["fake__add", "fake__fail", "calculator"]
+    tools = ["fake__add", "fake__fail", "fake__rpc_error", "calculator"]
     async with await mcp_server.client() as client:
         summary = await client.turn(await client.chat("Add", tools=tools, options=options), TURN_TIMEOUT_S)
         again = await client.turn(
@@ -100,11 +102,34 @@ async def test_mcp_tools_in_a_turn_with_a_failure_and_the_next_turns_context(mcp
         "is_error": False,
     }
     assert results["fake__fail"]["is_error"] and "no luck" in results["fake__fail"]["output"]
+    assert results["fake__rpc_error"]["is_error"]
+    assert results["fake__rpc_error"]["output"] == "The MCP server 'fake' failed: rpc went wrong"
     assert results["calculator"]["output"] == "6"
     assert summary.text == (
-        "Tool results: fake__add: 5; fake__fail (error): Error executing tool fail: no luck; calculator: 6"
+        "Tool results: fake__add: 5; fake__fail (error): Error executing tool fail: no luck; "
+        "fake__rpc_error (error): The MCP server 'fake' failed: rpc went wrong; calculator: 6"
     )
     assert again.status == "completed" and again.tool_results[0]["output"] == "42"
+
+
+async def test_a_server_that_died_fails_its_calls_and_is_listed_failed(
+    mcp_server: LiveServer, tmp_path: Path
+) -> None:
+    os.kill(int((tmp_path / "mcp.pid").read_text()), signal.SIGKILL)
+    options = {"tool_calls": [call("fake__add", a=1, b=2)]}
+    async with await mcp_server.client() as client:
+        summary = await client.turn(
+            await client.chat("Add", tools=["fake__add"], options=options), TURN_TIMEOUT_S
+        )
+    async with mcp_server.http() as http:
+        body = (await http.get("/api/v1/tools")).json()
+    assert summary.status == "completed"  # the turn goes on: the model is told
+    assert [(r["output"], r["is_error"]) for r in summary.tool_results] == [
+        ("The MCP server 'fake' closed the connection.", True)
+    ]
+    servers = {s["name"]: s for s in body["mcp_servers"]}
+    assert servers["fake"] == {"name": "fake", "transport": "stdio", "state": "failed", "tools": []}
+    assert "fake__add" in {tool["name"] for tool in body["tools"]}  # still offered, as an error result
 
 
 async def test_cancel_inside_a_slow_mcp_tool(mcp_server: LiveServer, tmp_path: Path) -> None:

@@ -36,10 +36,11 @@ CURRENT_TIME = ToolSpec(
 CALCULATOR = ToolSpec(
     name="calculator",
     description=(
-        "Evaluate an arithmetic expression exactly as written, with Python syntax and precedence: "
+        "Evaluate an arithmetic expression with Python syntax and precedence: "
         "numbers, + - * / // % ** (power), parentheses; functions abs, round, floor, ceil, min, max, sqrt, "
         "cbrt, exp, log(x[, base]), log2, log10, sin, cos, tan, asin, acos, atan, atan2, sinh, cosh, tanh, "
-        "hypot, degrees, radians, factorial; constants pi, e, tau. Angles are in radians."
+        "hypot, degrees, radians, factorial; constants pi, e, tau. Angles are in radians. Integers are "
+        "exact (up to 4096 bits); '/' and the math functions give floating-point results."
     ),
     parameters={
         "type": "object",

@@ -25,6 +25,7 @@ MAX_INT_BITS = 4096  # about 1233 decimal digits
 MAX_FACTORIAL = 300
 MAX_ROUND_DIGITS = 100
 MAX_FUNCTION_ARGS = 64
+MAX_QUOTED_CHARS = 40  # of the refused part of an expression, quoted back in the error
 
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e, "tau": math.tau}
 
@@ -46,6 +47,18 @@ class CalculatorError(ToolError):
         super().__init__(message, code="invalid_expression")
 
 
+class _NotAllowed(Exception):
+    """A part of the expression the calculator refuses; ``evaluate`` quotes it from the source."""
+
+    def __init__(self, node: ast.AST, what: str) -> None:
+        super().__init__(what)
+        self.node, self.what = node, what
+
+    def sentence(self, source: str) -> str:
+        quoted = _quoted(source, self.node)
+        return f"{self.what}{f' ({quoted})' if quoted else ''} is not allowed."
+
+
 def evaluate(expression: str) -> Number:
     """The value of an arithmetic expression, or ``CalculatorError`` saying what is wrong with it."""
     if len(expression) > MAX_EXPRESSION_CHARS:
@@ -56,7 +69,10 @@ def evaluate(expression: str) -> Number:
         raise CalculatorError(f"The expression is not valid: {exc.msg}.") from None
     except (RecursionError, MemoryError, ValueError):
         raise CalculatorError("The expression is nested too deeply.") from None
-    return _eval(tree.body, 0)
+    try:
+        return _eval(tree.body, 0)
+    except _NotAllowed as refused:
+        raise CalculatorError(refused.sentence(expression.strip())) from None
 
 
 def format_number(value: Number) -> str:
@@ -74,14 +90,18 @@ def _eval(node: ast.expr, depth: int) -> Number:
             return CONSTANTS[node.id]
         hint = " (it is a function: call it)" if node.id in FUNCTIONS else ""
         raise CalculatorError(f"Unknown name {node.id!r}{hint}. Known constants: {', '.join(CONSTANTS)}.")
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd | ast.USub):
+    if isinstance(node, ast.UnaryOp):
+        if not isinstance(node.op, ast.UAdd | ast.USub):
+            raise _NotAllowed(node, _describe(node.op))
         operand = _eval(node.operand, depth + 1)
         return operand if isinstance(node.op, ast.UAdd) else -operand
     if isinstance(node, ast.BinOp):
+        if type(node.op) not in _BINARY and not isinstance(node.op, ast.Pow | ast.BitXor):
+            raise _NotAllowed(node, _describe(node.op))
         return _binary(node.op, _eval(node.left, depth + 1), _eval(node.right, depth + 1))
     if isinstance(node, ast.Call):
         return _call(node, depth)
-    raise CalculatorError(f"Unsupported in an expression: {_describe(node)}.")
+    raise _NotAllowed(node, _describe(node))
 
 
 def _literal(value: object) -> Number:
@@ -95,8 +115,6 @@ def _binary(op: ast.operator, left: Number, right: Number) -> Number:
         return _power(left, right)
     if isinstance(op, ast.BitXor):
         raise CalculatorError("'^' is not supported: write powers with '**'.")
-    if type(op) not in _BINARY:
-        raise CalculatorError(f"Unsupported operator: {_describe(op)}.")
     if isinstance(op, _DIVISIONS) and right == 0:
         raise CalculatorError("Division by zero.")
     try:
@@ -129,11 +147,12 @@ def _power(base: Number, exponent: Number) -> Number:
 
 
 def _call(node: ast.Call, depth: int) -> Number:
-    if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-        known = ", ".join(FUNCTIONS)
-        name = node.func.id if isinstance(node.func, ast.Name) else _describe(node.func)
-        raise CalculatorError(f"Unknown function {name!r}. Known functions: {known}.")
+    if not isinstance(node.func, ast.Name):
+        # os.system(…), f[0](…), (1)(…): the callee is refused for what it is.
+        raise _NotAllowed(node.func, _describe(node.func, "Calling anything but a function"))
     name = node.func.id
+    if name not in FUNCTIONS:
+        raise CalculatorError(f"Unknown function {name!r}. Known functions: {', '.join(FUNCTIONS)}.")
     if node.keywords or any(isinstance(arg, ast.Starred) for arg in node.args):
         raise CalculatorError(f"{name}() takes plain positional arguments only.")
     function, least, most = FUNCTIONS[name]
@@ -167,24 +186,47 @@ def _too_large() -> str:
     return f"The result is too large (integers are limited to {MAX_INT_BITS} bits, about 1233 digits)."
 
 
-def _describe(node: ast.AST) -> str:
-    names = {
-        "Compare": "comparisons",
-        "BoolOp": "and/or",
-        "Attribute": "attributes",
-        "Subscript": "indexing",
-        "Lambda": "lambda",
-        "IfExp": "if/else",
-        "BitAnd": "'&'",
-        "BitOr": "'|'",
-        "LShift": "'<<'",
-        "RShift": "'>>'",
-        "MatMult": "'@'",
-        "Invert": "'~'",
-        "Not": "'not'",
-    }
-    kind = type(node).__name__
-    return names.get(kind, kind)
+# What each refused kind of syntax is called in an error: "Attribute access (os.system) is not allowed."
+_KINDS = {
+    "Attribute": "Attribute access",
+    "Subscript": "Indexing",
+    "Slice": "Slicing",
+    "Compare": "A comparison",
+    "BoolOp": "The operator and/or",
+    "IfExp": "A conditional expression",
+    "Lambda": "A lambda",
+    "NamedExpr": "Assignment with :=",
+    "List": "A list",
+    "Tuple": "A tuple",
+    "Set": "A set",
+    "Dict": "A dictionary",
+    "ListComp": "A comprehension",
+    "SetComp": "A comprehension",
+    "DictComp": "A comprehension",
+    "GeneratorExp": "A generator expression",
+    "JoinedStr": "An f-string",
+    "Starred": "Unpacking with *",
+    "Await": "await",
+    "Yield": "yield",
+    "YieldFrom": "yield",
+    "BitAnd": "The operator '&'",
+    "BitOr": "The operator '|'",
+    "LShift": "The operator '<<'",
+    "RShift": "The operator '>>'",
+    "MatMult": "The operator '@'",
+    "Invert": "The operator '~'",
+    "Not": "The operator 'not'",
+}
+
+
+def _describe(node: ast.AST, otherwise: str = "This kind of expression") -> str:
+    return _KINDS.get(type(node).__name__, otherwise)
+
+
+def _quoted(source: str, node: ast.AST) -> str:
+    """The refused part as written, on one line and clipped: the model sees what to rewrite."""
+    text = " ".join((ast.get_source_segment(source, node) or "").split())
+    return text if len(text) <= MAX_QUOTED_CHARS else text[: MAX_QUOTED_CHARS - 1] + "…"
 
 
 def _factorial(n: Number) -> int:

@@ -22,7 +22,9 @@ inside it; tool calls are sent from the caller's own task, which is safe (a requ
 stream and a wait on another) and is what lets a cancelled call stop at once: the SDK then tells the
 server ``notifications/cancelled`` and drops the late reply, and the session stays usable.
 
-A server that fails to start is logged and left out; its tools are absent and the app starts anyway.
+A server that fails to start is logged and left out; its tools are absent and the app starts anyway. A
+server whose connection closes later is marked failed when a call finds it closed (nothing watches an idle
+connection); its tools stay offered, and their calls fail with a result the model sees.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ SEPARATOR = "__"
 MAX_TOOL_PAGES = 100
 HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)  # the SDK's own defaults: replies may stream for a while
 MAX_REASON_CHARS = 300
+CLOSED_MESSAGE = "Connection closed"  # the SDK's message for a connection it lost
 
 
 # -- configuration ----------------------------------------------------------------------------------
@@ -289,17 +292,21 @@ class McpManager:
         """Call a tool on a running server, in the caller's task; failures raise ``ToolError``."""
         server = self._servers.get(server_name)
         client = server.client if server else None
-        if client is None:
+        if server is None or client is None:
             raise ToolError(f"The MCP server {server_name!r} is not running.", code="mcp_unavailable")
         try:
             result = await client.call_tool(tool, dict(arguments))
         except MCPError as exc:
-            if exc.code == CONNECTION_CLOSED:
+            if _connection_closed(exc):
+                if server.status.state == "running":
+                    self._fail(server, "the connection closed")
                 raise ToolError(
                     f"The MCP server {server_name!r} closed the connection.", code="mcp_unavailable"
                 ) from None
+            # The server's own JSON-RPC error: its message is meant for the caller, so the model sees it.
             raise ToolError(
-                f"The MCP server {server_name!r} failed: {exc.message}", code="mcp_error"
+                f"The MCP server {server_name!r} failed: {_clipped(exc.message) or 'no message'}",
+                code="mcp_error",
             ) from None
         except (OSError, httpx2.HTTPError, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             raise ToolError(
@@ -369,7 +376,8 @@ class McpManager:
         log.info("MCP server %s started with %d tools", config.name, len(tools))
 
     def _fail(self, server: _Server, reason: str, exc: BaseException | None = None) -> None:
-        server.status.state, server.status.error, server.tools = "failed", reason, []
+        server.status.state, server.status.error, server.status.tools = "failed", reason, []
+        server.tools = []
         log.warning("MCP server %s is unavailable: %s", server.config.name, reason)
         if exc is not None:
             log.debug("MCP server %s failure", server.config.name, exc_info=exc)
@@ -412,10 +420,24 @@ async def _list_tools(client: Client) -> list[types.Tool]:
     return tools
 
 
+def _connection_closed(exc: MCPError) -> bool:
+    """Whether the SDK gave up on the connection, rather than the server answering with an error.
+
+    The SDK reports a closed connection as code -32000 (``CONNECTION_CLOSED``), which is also JSON-RPC's
+    first code for a server's own errors, so a live server may send it too; only the SDK's wording for a
+    closed connection, "Connection closed", tells the two apart (the SDK matches its own by identity, an
+    object its ``MCPError`` does not carry).
+    """
+    return exc.code == CONNECTION_CLOSED and exc.message == CLOSED_MESSAGE
+
+
 def _reason(exc: BaseException) -> str:
     """One line on why a server failed: the first real error inside any exception groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     text = str(exc) or type(exc).__name__
-    text = f"{type(exc).__name__}: {text}" if not isinstance(exc, ValueError | MCPError) else text
+    return _clipped(f"{type(exc).__name__}: {text}" if not isinstance(exc, ValueError | MCPError) else text)
+
+
+def _clipped(text: str) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"

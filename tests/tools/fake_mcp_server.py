@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 
 server: MCPServer = MCPServer("parley-test", log_level="WARNING")
 
@@ -48,6 +49,12 @@ def fail(message: str) -> str:
 def getenv(name: str) -> str:
     """An environment variable of this server process ("" when unset)."""
     return os.environ.get(name, "")
+
+
+@server.tool()
+def rpc_error(code: int, message: str) -> str:
+    """Answer the call with a JSON-RPC error (not a tool error result) of this code and message."""
+    raise MCPError(code=code, message=message)
 
 
 @server.tool(name="text.upper")

@@ -98,6 +98,10 @@ async def test_calculator_tool(registry: ToolRegistry, search: FakeSearch) -> No
     assert (ok.output, ok.is_error) == ("20", False)
     bad = await registry.run(ToolCall("c2", "calculator", {"expression": "1 / 0"}), context(search))
     assert bad.is_error and bad.code == "invalid_expression" and "Division by zero" in bad.output
+    code = await registry.run(
+        ToolCall("c3", "calculator", {"expression": "os.system('id')"}), context(search)
+    )
+    assert (code.output, code.is_error) == ("Attribute access (os.system) is not allowed.", True)
 
 
 async def test_search_uses_the_contexts_customer(registry: ToolRegistry, search: FakeSearch) -> None:

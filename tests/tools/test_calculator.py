@@ -80,11 +80,12 @@ def test_numbers_are_formatted_exactly() -> None:
         ("'a' * 3", "Only numbers"),
         ("True + 1", "Only numbers"),
         ("1j * 2", "Only numbers"),
-        ("1 < 2", "comparisons"),
-        ("1 if 1 else 2", "if/else"),
-        ("(1).real", "attributes"),
-        ("1 & 2", "'&'"),
-        ("[1][0]", "indexing"),
+        ("1 < 2", "A comparison (1 < 2) is not allowed."),
+        ("1 if 1 else 2", "A conditional expression (1 if 1 else 2) is not allowed."),
+        ("(1).real", "Attribute access ((1).real) is not allowed."),
+        ("1 & 2", "The operator '&' (1 & 2) is not allowed."),
+        ("~1", "The operator '~' (~1) is not allowed."),
+        ("[1][0]", "Indexing ([1][0]) is not allowed."),
         ("sqrt(x=4)", "positional arguments only"),
         ("sqrt(1, 2)", "takes 1 argument"),
         ("max(1)", "takes 2 to 64 arguments"),
@@ -99,6 +100,33 @@ def test_errors_say_what_is_wrong(expression: str, message: str) -> None:
     with pytest.raises(CalculatorError, match=re.escape(message)) as info:
         evaluate(expression)
     assert info.value.code == "invalid_expression"
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("os.system('id')", "Attribute access (os.system) is not allowed."),
+        ("().__class__.__base__", "Attribute access (().__class__.__base__) is not allowed."),
+        ("[f][0](1)", "Indexing ([f][0]) is not allowed."),
+        ("(lambda: 1)()", "A lambda (lambda: 1) is not allowed."),
+        ("abs(1)(2)", "Calling anything but a function (abs(1)) is not allowed."),
+        ("x := 1", "not valid"),
+        ("(x := 1)", "Assignment with := (x := 1) is not allowed."),
+        ("1 and 2", "The operator and/or (1 and 2) is not allowed."),
+        ("not 1", "The operator 'not' (not 1) is not allowed."),
+        ("[i for i in ()]", "A comprehension ([i for i in ()]) is not allowed."),
+        ("f'{1}'", "An f-string (f'{1}') is not allowed."),
+        ("(1, 2)", "A tuple ((1, 2)) is not allowed."),
+        ("sqrt(*[4])", "plain positional arguments only"),
+        ("__import__('os').system('id')", "Attribute access (__import__('os').system) is not allowed."),
+        ("a.b" + ".c" * 100, "Attribute access (a.b" + ".c" * 18 + "…) is not allowed."),  # 40 characters
+    ],
+)
+def test_refusals_name_what_was_refused(expression: str, message: str) -> None:
+    """Code, not arithmetic, is refused by name and quoted (clipped), so the model knows what to rewrite."""
+    with pytest.raises(CalculatorError) as info:
+        evaluate(expression)
+    assert message in info.value.message
 
 
 BOMBS = [

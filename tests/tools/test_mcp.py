@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
 import anyio
@@ -50,11 +52,10 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def http_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The fake server on streamable HTTP, in its own process; stopped by its pid at the end."""
+@contextmanager
+def http_server(log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The fake server on streamable HTTP, in its own process: its URL and process, stopped by its pid."""
     port = free_port()
-    log = tmp_path_factory.mktemp("mcp-http") / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, str(SERVER), str(port)], stdout=out, stderr=out)
     try:
@@ -69,7 +70,7 @@ def http_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     pytest.fail("the MCP test server did not start listening")
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield f"http://127.0.0.1:{port}/mcp", process
     finally:
         process.terminate()
         try:
@@ -77,6 +78,12 @@ def http_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def http_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with http_server(tmp_path_factory.mktemp("mcp-http") / "server.log") as (url, _):
+        yield url
 
 
 @pytest.fixture(params=["stdio", "http"])
@@ -132,6 +139,57 @@ async def test_lists_and_calls_tools(config: CONFIG) -> None:
     assert manager.status()[0].state == "stopped"
     after = await registry.run(ToolCall("5", "fake__add", {"a": 1, "b": 2}), CONTEXT)
     assert (after.output, after.code) == ("The MCP server 'fake' is not running.", "mcp_unavailable")
+
+
+@pytest.mark.parametrize("code", [-32000, -32603, 7])
+async def test_a_json_rpc_error_shows_the_servers_message_and_the_session_goes_on(
+    config: CONFIG, code: int
+) -> None:
+    """-32000 is JSON-RPC's first server-error code and also the SDK's code for a closed connection: a live
+    server that answers with it is not taken for a closed one."""
+    async with McpManager([config]) as manager:
+        registry = ToolRegistry(manager.tools())
+        arguments = {"code": code, "message": "rpc went wrong"}
+        failed = await registry.run(ToolCall("1", "fake__rpc_error", arguments), CONTEXT)
+        assert (failed.output, failed.is_error, failed.code) == (
+            "The MCP server 'fake' failed: rpc went wrong",
+            True,
+            "mcp_error",
+        )
+        assert manager.status()[0].state == "running"
+        after = await registry.run(ToolCall("2", "fake__add", {"a": 2, "b": 3}), CONTEXT)
+        assert (after.output, after.is_error) == ("5", False)
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_a_server_that_dies_fails_its_calls_and_is_listed_failed(
+    transport: str, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        if transport == "stdio":
+            pid_file = tmp_path / "pid"
+            config: CONFIG = stdio_config(env={"FAKE_MCP_PID_FILE": str(pid_file)})
+        else:
+            url, process = stack.enter_context(http_server(tmp_path / "server.log"))
+            config = HttpServerConfig(name="fake", transport="http", url=url)
+        manager = await stack.enter_async_context(McpManager([config]))
+        registry = ToolRegistry(manager.tools())
+        assert (await registry.run(ToolCall("1", "fake__add", {"a": 1, "b": 2}), CONTEXT)).output == "3"
+
+        if transport == "stdio":
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        else:
+            process.kill()
+            process.wait()
+        for call_id in ("2", "3"):
+            gone = await registry.run(ToolCall(call_id, "fake__add", {"a": 1, "b": 2}), CONTEXT)
+            assert (gone.is_error, gone.code) == (True, "mcp_unavailable")
+            assert gone.output in (
+                "The MCP server 'fake' closed the connection.",
+                "The MCP server 'fake' is not running.",  # HTTP: the transport has given up, too
+            )
+            [status] = manager.status()
+            assert (status.state, status.tools) == ("failed", [])  # no longer listed as running
 
 
 async def test_a_cancelled_call_stops_at_once_and_the_session_goes_on(config: CONFIG, tmp_path: Path) -> None:
