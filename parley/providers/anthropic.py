@@ -35,7 +35,7 @@ from parley.providers.base import (
     decode_arguments,
     stop_reason,
 )
-from parley.providers.errors import DISPLAY_NAMES, provider_errors
+from parley.providers.errors import provider_errors, provider_label
 from parley.tools.base import ToolCall
 
 DEFAULT_MAX_TOKENS = 4096
@@ -351,7 +351,7 @@ class AnthropicProvider(Provider):
         step = _Step(tools=bool(request.tools))
         finished = False
         try:
-            with provider_errors(self.name):
+            with provider_errors(self.name, self._client.api_key):
                 events = await self._client.messages.create(
                     model=request.model,
                     max_tokens=max_tokens,
@@ -374,8 +374,9 @@ class AnthropicProvider(Provider):
             if events is not None:
                 await events.close()  # releases the HTTP response at once, also on aclose() or cancel
         if not finished:
-            name = DISPLAY_NAMES.get(self.name, self.name)
-            message = f"{name}'s stream ended early, before the answer was complete."
+            message = (
+                f"The stream from {provider_label(self.name)} ended early, before the answer was complete."
+            )
             raise ProviderFailed(message, retryable=True)
         if step.tools:
             yield step.end()

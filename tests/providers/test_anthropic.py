@@ -238,6 +238,19 @@ async def test_error_event_types_mid_stream(
     _, error = await collect_until_failure(provider)
     assert (error.code, error.retryable) == (code, True)
     assert "HTTP 200" not in error.message
+    assert error.message.startswith("Anthropic ")
+    assert error.message.endswith(f": {message}")  # the vendor's own words, not the SDK's dict
+
+
+async def test_error_event_of_a_named_endpoint_names_it(fake: FakeAnthropic) -> None:
+    fake.error_after(0, error_type="overloaded_error", message="Overloaded")
+    adapter = AnthropicProvider("gw", api_key=KEY, base_url=fake.base_url, timeout_s=10)
+    try:
+        _, error = await collect_until_failure(adapter)
+    finally:
+        await adapter.aclose()
+    assert (error.code, error.retryable) == ("provider_error", True)
+    assert error.message == "The model provider 'gw' is unavailable or overloaded (HTTP 529): Overloaded"
 
 
 async def test_dropped_connection_is_retryable(fake: FakeAnthropic, provider: AnthropicProvider) -> None:
