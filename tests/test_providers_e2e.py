@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,99 @@ async def test_manual_session_check_passes_against_gpt(
 ) -> None:
     fake_openai.script(text_chunks=["Hi", " from", " GPT."])
     await run_manual_check(gpt_server, "gpt-4o-mini")
+
+
+# -- a gateway (LiteLLM's proxy) in front of the models: both APIs, its own error wording ---------------
+
+GATEWAY_KEY = "sk-gw-" + "g" * 40
+
+
+@pytest.fixture
+async def gateway_server(
+    fake_openai: FakeOpenAI,
+    fake_anthropic: FakeAnthropic,
+    tmp_path: Path,
+    database_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[LiveServer]:
+    """Parley with one gateway's two faces from the models file: ``gw`` (Chat Completions, base URL ending in
+    /v1) and ``gw-claude`` (the Messages API, base URL the server root: the SDK adds /v1/messages)."""
+    monkeypatch.setenv("GW_KEY", GATEWAY_KEY)
+    models = tmp_path / "models.toml"
+    models.write_text(
+        f"""
+[providers.gw]
+kind = "openai"
+base_url = "{fake_openai.base_url}"
+key_env = "GW_KEY"
+prefix = "gw/"
+
+[providers.gw-claude]
+kind = "anthropic"
+base_url = "{fake_anthropic.base_url}"
+key_env = "GW_KEY"
+prefix = "gw-claude/"
+"""
+    )
+    settings = make_settings(tmp_path, database_url, models_file=models, provider_retry_backoff_s=0.01)
+    async with live_server(settings) as live:
+        yield live
+
+
+LITELLM_RATE_LIMIT = "litellm.RateLimitError: RateLimitError: OpenAIException - Rate limit reached for gpt-4o"
+
+
+async def test_gateway_rate_limit_in_the_stream_is_rate_limited(
+    gateway_server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    error = {"message": LITELLM_RATE_LIMIT, "type": "throttling_error", "param": None, "code": "429"}
+    fake_openai.error_after(0, {"error": error})
+    async with await gateway_server.client() as client:
+        summary = await client.turn(await client.chat("Hi", model="gw/gpt-4o"))
+    assert summary.error is not None
+    assert (summary.error["stage"], summary.error["code"]) == ("provider", "rate_limited")
+    assert (
+        summary.error["content"] == f"The model provider 'gw' is rate limiting requests: {LITELLM_RATE_LIMIT}"
+    )
+    assert len(fake_openai.requests) == 3  # transient, and nothing was sent yet: retried
+    assert fake_openai.requests[0]["model"] == "gpt-4o"
+    rows = await gateway_server.store.session_messages(uuid.UUID(summary.session_id or ""))
+    assert (rows[1].status, rows[1].error_code) == ("error", "rate_limited")
+
+
+async def test_gateway_503_mid_stream_says_what_failed(
+    gateway_server: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    said = "litellm.ServiceUnavailableError: the upstream deployment is not available"
+    fake_openai.error_after(2, {"error": {"message": said, "type": None, "param": None, "code": "503"}})
+    async with await gateway_server.client() as client:
+        summary = await client.turn(await client.chat("Hi", model="gw/gpt-4o"))
+    assert summary.error is not None
+    assert (summary.error["stage"], summary.error["code"]) == ("provider", "provider_error")
+    assert (
+        summary.error["content"] == f"The model provider 'gw' is unavailable or overloaded (HTTP 503): {said}"
+    )
+    assert GATEWAY_KEY not in summary.error["content"]
+    assert summary.text == "one two "
+    assert len(fake_openai.requests) == 1  # text was sent: never retried
+    rows = await gateway_server.store.session_messages(uuid.UUID(summary.session_id or ""))
+    assert (rows[1].status, rows[1].content, rows[1].error_code) == ("error", "one two ", "provider_error")
+
+
+async def test_gateway_anthropic_usage_comes_from_message_delta(
+    gateway_server: LiveServer, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(text_chunks=["Hi", "!"], usage=(11, 205), late_input=True)
+    async with await gateway_server.client() as client:
+        summary = await client.turn(await client.chat("Hi", model="gw-claude/claude-sonnet-4"))
+    assert (summary.status, summary.text) == ("completed", "Hi!")
+    assert summary.usage == {"input_tokens": 11, "output_tokens": 205}
+    assert fake_anthropic.requests[0]["model"] == "claude-sonnet-4"
+    assert fake_anthropic.headers[0].get("x-api-key") == GATEWAY_KEY or (
+        fake_anthropic.headers[0].get("authorization") == f"Bearer {GATEWAY_KEY}"
+    )
+    rows = await gateway_server.store.session_messages(uuid.UUID(summary.session_id or ""))
+    assert rows[1].usage == {"input_tokens": 11, "output_tokens": 205}
 
 
 # -- configuration over REST, and the guard against real providers -------------------------------------

@@ -35,7 +35,7 @@ from parley.providers.base import (
     decode_arguments,
     stop_reason,
 )
-from parley.providers.errors import DISPLAY_NAMES, provider_errors
+from parley.providers.errors import provider_errors, provider_label
 from parley.tools.base import ToolCall
 
 DEFAULT_MAX_TOKENS = 4096
@@ -67,6 +67,9 @@ _FIRST: dict[Role, tuple[str, ...]] = {
     "user": ("tool_result",),
     "assistant": ("thinking", "redacted_thinking"),
 }
+# The usage fields that together are a request's input; the API reports each in message_start and,
+# cumulatively, in message_delta (MessageDeltaUsage).
+INPUT_COUNTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 STOP_REASONS: dict[str, StopReason] = {
     "end_turn": "end",
     "stop_sequence": "end",
@@ -204,6 +207,7 @@ class _Step:
     thinking: list[ThinkingBlock] = field(default_factory=list)
     open_calls: dict[int, _PartialCall] = field(default_factory=dict)
     open_thinking: dict[int, _PartialThinking] = field(default_factory=dict)
+    input_counts: dict[str, int] = field(default_factory=dict)  # the latest of each of INPUT_COUNTS
     stop_reason: str | None = None
 
     def events(self, event: wire.RawMessageStreamEvent) -> list[ProviderEvent]:
@@ -215,13 +219,24 @@ class _Step:
         if isinstance(event, wire.RawContentBlockStopEvent):
             return self._stop(event.index)
         if isinstance(event, wire.RawMessageStartEvent):
-            usage = event.message.usage
-            cached = (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
-            return [Usage(input_tokens=usage.input_tokens + cached, output_tokens=usage.output_tokens)]
+            return [self._usage(event.message.usage)]
         if isinstance(event, wire.RawMessageDeltaEvent):
             self.stop_reason = event.delta.stop_reason or self.stop_reason
-            return [Usage(output_tokens=event.usage.output_tokens)]  # cumulative
+            return [self._usage(event.usage)]
         return []
+
+    def _usage(self, usage: wire.Usage | wire.MessageDeltaUsage) -> Usage:
+        """The counts so far. message_delta's are cumulative and may correct message_start's (gateways
+        send ``input_tokens: 0`` at the start and the real count at the end); a count it leaves out keeps
+        its earlier value. Input includes the cached tokens, as OpenAI counts it."""
+        for key in INPUT_COUNTS:
+            if isinstance(value := getattr(usage, key, None), int):
+                self.input_counts[key] = value
+        output = getattr(usage, "output_tokens", None)
+        return Usage(
+            input_tokens=sum(self.input_counts.values()) if self.input_counts else None,
+            output_tokens=output if isinstance(output, int) else None,
+        )
 
     def _start(self, index: int, block: wire.ContentBlock) -> list[ProviderEvent]:
         if not self.tools:  # blocks are tracked only for the StepEnd of a request with tools
@@ -336,7 +351,7 @@ class AnthropicProvider(Provider):
         step = _Step(tools=bool(request.tools))
         finished = False
         try:
-            with provider_errors(self.name):
+            with provider_errors(self.name, self._client.api_key):
                 events = await self._client.messages.create(
                     model=request.model,
                     max_tokens=max_tokens,
@@ -359,8 +374,9 @@ class AnthropicProvider(Provider):
             if events is not None:
                 await events.close()  # releases the HTTP response at once, also on aclose() or cancel
         if not finished:
-            name = DISPLAY_NAMES.get(self.name, self.name)
-            message = f"{name}'s stream ended early, before the answer was complete."
+            message = (
+                f"The stream from {provider_label(self.name)} ended early, before the answer was complete."
+            )
             raise ProviderFailed(message, retryable=True)
         if step.tools:
             yield step.end()

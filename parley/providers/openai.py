@@ -46,7 +46,7 @@ from parley.providers.base import (
     decode_arguments,
     stop_reason,
 )
-from parley.providers.errors import DISPLAY_NAMES, provider_errors
+from parley.providers.errors import provider_errors, provider_label
 from parley.tools.base import ToolCall
 
 NO_KEY = "not-needed"  # the SDK insists on a key; keyless local servers ignore it
@@ -259,6 +259,7 @@ class OpenAIProvider(Provider):
         headers: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self._key = api_key
         # An explicit key always: given None, the SDK would send OPENAI_API_KEY to whatever server this is.
         self._client = AsyncOpenAI(
             api_key=api_key or NO_KEY,
@@ -279,7 +280,7 @@ class OpenAIProvider(Provider):
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
         step = _Step(tools=bool(request.tools))
-        with provider_errors(self.name):
+        with provider_errors(self.name, self._key):
             # The context manager closes the HTTP response at once, also on aclose() or cancellation.
             async with await self._client.chat.completions.create(
                 model=request.model,
@@ -294,9 +295,9 @@ class OpenAIProvider(Provider):
                     for event in step.events(chunk):
                         yield event
         if step.finish_reason is None:
-            name = DISPLAY_NAMES.get(self.name, self.name)
-            raise ProviderFailed(
-                f"{name}'s stream ended early, before the answer was complete.", retryable=True
+            message = (
+                f"The stream from {provider_label(self.name)} ended early, before the answer was complete."
             )
+            raise ProviderFailed(message, retryable=True)
         if step.tools:
             yield step.end()

@@ -34,6 +34,7 @@ class Reply:
     delay_s: float = 0.0  # before each content delta
     usage: tuple[int, int] = (10, 5)  # (input tokens, final output tokens)
     cache_read_tokens: int = 0  # message_start's usage.cache_read_input_tokens, when not 0
+    late_input: bool = False  # message_start says 0 input tokens, message_delta the real counts (gateways)
     error_after: int | None = None  # `event: error` after this many content deltas
     stream_error_type: str = "overloaded_error"
     stream_error_message: str = "Overloaded"
@@ -83,6 +84,10 @@ def _frames(reply: Reply, model: str) -> list[tuple[float, bytes]]:
     usage = {"input_tokens": input_tokens, "output_tokens": 1}
     if reply.cache_read_tokens:
         usage["cache_read_input_tokens"] = reply.cache_read_tokens
+    final = {"output_tokens": output_tokens}
+    if reply.late_input:  # as LiteLLM's Anthropic endpoint streams: the counts are known only at the end
+        final = {**usage, "output_tokens": output_tokens}
+        usage = {"input_tokens": 0, "output_tokens": 1}
     message: dict[str, Any] = {
         "id": "msg_fake_0001",
         "type": "message",
@@ -114,7 +119,7 @@ def _frames(reply: Reply, model: str) -> list[tuple[float, bytes]]:
         return frames
     stop_reason = reply.stop_reason or ("tool_use" if reply.tool_calls else "end_turn")
     stop = {"stop_reason": stop_reason, "stop_sequence": None}
-    frames.append((0.0, sse("message_delta", {"delta": stop, "usage": {"output_tokens": output_tokens}})))
+    frames.append((0.0, sse("message_delta", {"delta": stop, "usage": final})))
     frames.append((0.0, sse("message_stop", {})))
     return frames
 
@@ -136,6 +141,7 @@ class FakeAnthropic(FakeVendor[Reply]):
         delay_s: float = 0.0,
         usage: tuple[int, int] = (10, 5),
         cache_read_tokens: int = 0,
+        late_input: bool = False,
         tool_calls: Sequence[FakeToolCall] = (),
         redacted_thinking: str = "",
         stop_reason: str | None = None,
@@ -151,6 +157,7 @@ class FakeAnthropic(FakeVendor[Reply]):
                 delay_s=delay_s,
                 usage=usage,
                 cache_read_tokens=cache_read_tokens,
+                late_input=late_input,
             )
         )
 

@@ -76,7 +76,7 @@ async def test_text_deltas_in_order_and_usage(fake: FakeAnthropic, provider: Ant
     assert texts(events) == ["Hel", "lo", ", world"]
     usages = [e for e in events if isinstance(e, Usage)]
     assert usages[0] == Usage(input_tokens=42, output_tokens=1)  # message_start
-    assert usages[-1] == Usage(output_tokens=7)  # message_delta, cumulative
+    assert usages[-1] == Usage(input_tokens=42, output_tokens=7)  # message_delta, cumulative
     assert isinstance(events[0], Usage)  # message_start comes before any text
     sent = fake.headers[0]  # SDK 2.x sends the key as a bearer token; older ones as x-api-key
     assert sent.get("x-api-key") == KEY or sent.get("authorization") == f"Bearer {KEY}"
@@ -86,6 +86,18 @@ async def test_cached_input_counts_as_input(fake: FakeAnthropic, provider: Anthr
     fake.script(text_chunks=["cached"], usage=(42, 3), cache_read_tokens=1000)
     events = await collect(provider)
     assert events[0] == Usage(input_tokens=1042, output_tokens=1)  # all input read, as OpenAI counts it
+
+
+@pytest.mark.parametrize(("cached", "total"), [(0, 11), (1000, 1011)])
+async def test_input_counted_only_in_message_delta(
+    fake: FakeAnthropic, provider: AnthropicProvider, cached: int, total: int
+) -> None:
+    """Behind a gateway message_start says 0 input tokens; message_delta has the real cumulative counts."""
+    fake.script(text_chunks=["late"], usage=(11, 205), cache_read_tokens=cached, late_input=True)
+    events = await collect(provider)
+    usages = [e for e in events if isinstance(e, Usage)]
+    assert usages[0] == Usage(input_tokens=0, output_tokens=1)
+    assert usages[-1] == Usage(input_tokens=total, output_tokens=205)
 
 
 async def test_thinking_deltas_become_reasoning(fake: FakeAnthropic, provider: AnthropicProvider) -> None:
@@ -226,6 +238,19 @@ async def test_error_event_types_mid_stream(
     _, error = await collect_until_failure(provider)
     assert (error.code, error.retryable) == (code, True)
     assert "HTTP 200" not in error.message
+    assert error.message.startswith("Anthropic ")
+    assert error.message.endswith(f": {message}")  # the vendor's own words, not the SDK's dict
+
+
+async def test_error_event_of_a_named_endpoint_names_it(fake: FakeAnthropic) -> None:
+    fake.error_after(0, error_type="overloaded_error", message="Overloaded")
+    adapter = AnthropicProvider("gw", api_key=KEY, base_url=fake.base_url, timeout_s=10)
+    try:
+        _, error = await collect_until_failure(adapter)
+    finally:
+        await adapter.aclose()
+    assert (error.code, error.retryable) == ("provider_error", True)
+    assert error.message == "The model provider 'gw' is unavailable or overloaded (HTTP 529): Overloaded"
 
 
 async def test_dropped_connection_is_retryable(fake: FakeAnthropic, provider: AnthropicProvider) -> None:

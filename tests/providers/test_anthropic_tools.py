@@ -88,7 +88,7 @@ async def test_calls_are_reassembled_exactly_in_order(
     clock = ToolCall("toolu_clock", "current_time", {"timezone": "Europe/Paris"})
     assert [e.call for e in ready(events)] == [calc, clock]
     assert events[0] == Usage(input_tokens=20, output_tokens=1)
-    assert events[-2] == Usage(output_tokens=9)
+    assert events[-2] == Usage(input_tokens=20, output_tokens=9)  # message_delta: cumulative
     end = step_end(events)
     assert (end.reason, end.raw) == ("tool_use", "tool_use")
     assert end.message == ChatMessage("assistant", "Let me check.", tool_calls=(calc, clock))

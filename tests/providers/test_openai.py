@@ -254,7 +254,7 @@ async def test_stream_ended_early(fake: FakeOpenAI, provider: OpenAIProvider) ->
     events, error = await collect_until_failure(provider)
     assert texts(events) == ["one ", "two "]
     assert error.code == "provider_error"
-    assert "stream ended early" in error.message
+    assert "ended early" in error.message
 
 
 async def test_dropped_connection_mid_stream(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
@@ -292,6 +292,102 @@ async def test_transient_error_events_mid_stream_are_retryable(
     fake.error_after(0, error)
     _, error_ = await collect_until_failure(provider)
     assert (error_.code, error_.retryable) == (code, True)
+
+
+LITELLM_RATE_LIMIT = (
+    "litellm.RateLimitError: RateLimitError: OpenAIException - Rate limit reached for gpt-4o on tokens per "
+    "min (TPM): Limit 30000, Used 29000, Requested 2000."
+)
+
+
+async def test_gateway_rate_limit_event_names_the_gateway_and_its_message(fake: FakeOpenAI) -> None:
+    """LiteLLM's in-stream rate limit: the status as a string `code`, its own `type` name."""
+    error = {
+        "error": {"message": LITELLM_RATE_LIMIT, "type": "throttling_error", "param": None, "code": "429"}
+    }
+    fake.error_after(0, error)
+    adapter = OpenAIProvider("gw", api_key=KEY, base_url=fake.base_url, timeout_s=10)
+    try:
+        _, failure = await collect_until_failure(adapter)
+    finally:
+        await adapter.aclose()
+    assert (failure.code, failure.retryable) == ("rate_limited", True)
+    assert failure.message == f"The model provider 'gw' is rate limiting requests: {LITELLM_RATE_LIMIT}"
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "retryable", "said"),
+    [
+        (
+            {"message": "litellm.ServiceUnavailableError: upstream down", "type": None, "code": "503"},
+            "provider_error",
+            True,
+            "(HTTP 503): litellm.ServiceUnavailableError: upstream down",
+        ),
+        ({"message": "Slow down", "type": "rate_limit_error"}, "rate_limited", True, ": Slow down"),
+        ({"message": "Overloaded", "type": "overloaded_error"}, "provider_error", True, ": Overloaded"),
+        ({"message": "No capacity", "type": "service_unavailable"}, "provider_error", True, "(HTTP 503)"),
+        ({"message": "Quota", "status": "RESOURCE_EXHAUSTED"}, "rate_limited", True, ": Quota"),
+        ({"message": "Try later", "status": 503}, "provider_error", True, "(HTTP 503): Try later"),
+        ({"message": "Too many", "code": 429}, "rate_limited", True, ": Too many"),
+        (
+            {"message": "litellm.RateLimitError: no deployments", "type": "None", "code": "None"},
+            "rate_limited",
+            True,
+            ": litellm.RateLimitError: no deployments",
+        ),
+        ({"message": "Provider disconnected", "code": "server_error"}, "provider_error", True, "(HTTP 500)"),
+        (
+            {"message": "max_tokens is too large", "type": "BadRequestError", "code": 400},  # vLLM
+            "provider_error",
+            False,
+            "rejected the request (HTTP 400): max_tokens is too large",
+        ),
+        ({"message": "Web server is down", "code": 520}, "provider_error", True, "(HTTP 520)"),  # Cloudflare
+        ({"message": "Something odd"}, "provider_error", False, "reported an error: Something odd"),
+    ],
+)
+async def test_error_event_forms_gateways_use(
+    fake: FakeOpenAI, provider: OpenAIProvider, error: dict[str, Any], code: str, retryable: bool, said: str
+) -> None:
+    fake.error_after(0, {"error": error})
+    _, failure = await collect_until_failure(provider)
+    assert (failure.code, failure.retryable) == (code, retryable)
+    assert failure.message.startswith("OpenAI ")
+    assert said in failure.message
+
+
+async def test_error_event_that_is_only_a_string(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    """``{"error": "…"}``: the SDK raises APIError with the string as its body."""
+    fake.error_after(0, {"error": "Rate limit exceeded, retry in 2s"})
+    _, failure = await collect_until_failure(provider)
+    assert (failure.code, failure.retryable) == ("rate_limited", True)
+    assert failure.message == "OpenAI is rate limiting requests: Rate limit exceeded, retry in 2s"
+
+
+async def test_gateway_message_is_cleaned_and_cut_short(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    token = "AbC123" * 8
+    message = (
+        f"Upstream said:\nInvalid key {KEY}\x00 for https://user:pw@gw.example/v1?api_key=abc&x=1 "
+        f"(Authorization: Bearer {token}) " + "more detail " * 100
+    )
+    fake.error_after(0, {"error": {"message": message, "code": "502"}})
+    _, failure = await collect_until_failure(provider)
+    assert (failure.code, failure.retryable) == ("provider_error", True)
+    assert failure.message.startswith(
+        "OpenAI is unavailable or overloaded (HTTP 502): Upstream said: Invalid"
+    )
+    for secret in (KEY, KEY[-12:], "pw@", "abc&", token, "\n", "\x00"):
+        assert secret not in failure.message
+    assert "gw.example" in failure.message
+    assert len(failure.message) < 400
+    assert failure.message.endswith("…")
+
+
+async def test_http_error_carries_the_vendor_message(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.fail(400, error_body("Unsupported parameter: 'max_tokens'.", "invalid_request_error", None))
+    _, failure = await collect_until_failure(provider)
+    assert failure.message == "OpenAI rejected the request (HTTP 400): Unsupported parameter: 'max_tokens'."
 
 
 # --- cancel ---------------------------------------------------------------------------------------
