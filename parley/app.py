@@ -13,6 +13,7 @@ from dotenv import dotenv_values
 from fastapi import FastAPI
 
 from parley.api import errors
+from parley.api.body_limit import BodyLimit
 from parley.api.export import router as export_router
 from parley.api.health import router as health_router
 from parley.api.models import router as models_router
@@ -79,11 +80,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.include_router(health_router)
-    # export before sessions: /sessions/import is not a session id. Any /api/v1 route may answer 401, 503.
+    # export before sessions: /sessions/import is not a session id.
     routers = (export_router, sessions_router, search_router, models_router, tools_router, turns_router)
     for router in routers:
-        app.include_router(router, prefix="/api/v1", responses=errors.error_responses(401, 503))
+        app.include_router(router, prefix="/api/v1", responses=errors.error_responses(*errors.ANY_ROUTE))
     app.router.routes.append(websocket_route)
     return app
 

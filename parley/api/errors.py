@@ -1,7 +1,8 @@
 """REST errors: JSON ``{"detail": "<sentence>", "code": "<stable_code>"}`` with the right status.
 
 Routes raise ``ApiError``; the store's ``NotFound`` and ``DatabaseFailed`` are mapped here, so a route
-never shapes an error body itself. FastAPI's own 422 (a malformed body or query) keeps its usual shape.
+never shapes an error body itself. FastAPI's own 422 (a body or query that does not fit its schema) is
+``invalid_request`` with a sentence naming the field (parley/api/validation.py), never the value sent.
 """
 
 from __future__ import annotations
@@ -10,17 +11,25 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from parley.api import validation
 from parley.errors import DatabaseFailed
 from parley.store.history import NotFound
 from parley.store.pagination import InvalidCursor
 
 log = logging.getLogger("parley.api")
 
-HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
 
 
 class ErrorOut(BaseModel):
@@ -48,20 +57,26 @@ def message_not_found() -> ApiError:
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the error statuses a route can answer (401 and 503, which any
+    """OpenAPI ``responses`` entries for the error statuses a route can answer (``ANY_ROUTE``'s, which any
     /api/v1 route can answer, are added by ``include_router`` in app.py)."""
     described = {
         400: "The body cannot be read, or a cursor or an import cannot be used (code says which)",
         401: "No valid bearer token",
         404: "Not one of your sessions or messages (also for malformed ids)",
+        413: "The request body is larger than PARLEY_MAX_REQUEST_BYTES",
+        422: "A parameter or body field does not fit its schema (detail names it)",
         503: "The database is unavailable",
     }
     return {code: {"model": ErrorOut, "description": described[code]} for code in codes}
 
 
+ANY_ROUTE = (401, 413, 422, 503)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn these errors into JSON responses."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(InvalidCursor, _invalid_cursor)
@@ -79,6 +94,11 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
         return Response(status_code=exc.status_code, headers=exc.headers)
     code = HTTP_CODES.get(exc.status_code, "http_error")
     return _body(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _body(*validation.refusal(exc))
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:

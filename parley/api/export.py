@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from parley.api.deps import AppRuntime, CurrentCustomer
 from parley.api.errors import ApiError, error_responses
@@ -49,18 +49,36 @@ class ExportedSession(BaseModel):
     id: str | None = None
     title: Text = Field(default="", max_length=255)
     tags: list[Tag] = Field(default_factory=list, max_length=20)
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+    created_at: UtcDateTime | None = None
+    updated_at: UtcDateTime | None = None
     active_leaf_id: str | None = Field(default=None, max_length=100)
 
 
 class SessionExportBody(BaseModel):
-    """A whole session: every branch, parents listed before their children. Also the import body."""
+    """A whole session: every branch, parents listed before their children (any number of them)."""
 
     format: Literal["parley.session.v1"] = EXPORT_FORMAT
-    exported_at: datetime | None = None
+    exported_at: UtcDateTime | None = None
     session: ExportedSession
+    messages: list[ExportedMessage]
+
+
+class SessionImportBody(SessionExportBody):
+    """An export to store as a new session: at most ``MAX_IMPORT_MESSAGES`` messages."""
+
     messages: list[ExportedMessage] = Field(max_length=MAX_IMPORT_MESSAGES)
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _not_too_many(cls, value: Any) -> Any:
+        """Counted before any message is validated, so an oversized import costs no models; refused as
+        ``invalid_import`` (parley/api/validation.py) like an import that is not a tree."""
+        if isinstance(value, list) and len(value) > MAX_IMPORT_MESSAGES:
+            raise PydanticCustomError(
+                "invalid_import",
+                f"an import holds at most {MAX_IMPORT_MESSAGES:,} messages (this one has {len(value):,})",
+            )
+        return value
 
 
 def _export_body(export: SessionExport) -> SessionExportBody:
@@ -122,13 +140,16 @@ async def export(
 
 @router.post("/sessions/import", status_code=status.HTTP_201_CREATED, responses=error_responses(400))
 async def import_export(
-    body: SessionExportBody, customer: CurrentCustomer, runtime: AppRuntime
+    body: SessionImportBody, customer: CurrentCustomer, runtime: AppRuntime
 ) -> SessionOut:
-    """Store a JSON export as a new session of yours (new ids, same tree, title, tags and active branch)."""
+    """Store a JSON export as a new session of yours (new ids; same tree, title, tags, times and active
+    branch)."""
     data = ImportedSession(
         title=" ".join(body.session.title.split()) or DEFAULT_IMPORT_TITLE,
         tags=body.session.tags,
         active_leaf_id=body.session.active_leaf_id,
+        created_at=body.session.created_at,
+        updated_at=body.session.updated_at,
         messages=[ImportedMessage(**m.model_dump()) for m in body.messages],
     )
     history = runtime.store.history

@@ -189,7 +189,7 @@ class SessionPatch(BaseModel):
 
 
 class ActiveLeafIn(BaseModel):
-    message_id: str = Field(max_length=100, description="Any message of the session")
+    message_id: Text = Field(max_length=100, description="Any message of the session")
 
 
 class SearchHitOut(BaseModel):

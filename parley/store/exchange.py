@@ -50,6 +50,8 @@ class ImportedSession:
     messages: Sequence[ImportedMessage]
     tags: Sequence[str] = ()
     active_leaf_id: str | None = None
+    created_at: datetime | None = None  # the import time when not given
+    updated_at: datetime | None = None
 
 
 async def export_session(history: History, customer_id: str, session_id: uuid.UUID) -> SessionExport:
@@ -64,11 +66,13 @@ async def export_session(history: History, customer_id: str, session_id: uuid.UU
 async def import_session(history: History, customer_id: str, data: ImportedSession) -> uuid.UUID:
     """Store ``data`` as a new session of ``customer_id`` with fresh ids; the tree shape is kept.
 
-    A message still ``streaming`` in the export is stored ``cancelled`` (it will never finish here).
+    A message still ``streaming`` in the export is stored ``cancelled`` (it will never finish here). The
+    session's and the messages' times are kept; one not given is the time of the import.
     """
     now = utcnow()
     session = ChatSession(id=uuid.uuid4(), customer_id=customer_id, title=data.title)
-    session.created_at = session.updated_at = now
+    session.created_at = data.created_at or now
+    session.updated_at = data.updated_at or now
     messages, ids = _messages_of(data.messages, session, now)
     leaf = ids.get(data.active_leaf_id) if data.active_leaf_id else None
     session.active_leaf_id = leaf or Tree.of(messages).newest()
@@ -84,13 +88,16 @@ def _messages_of(
     given: Sequence[ImportedMessage], session: ChatSession, now: datetime
 ) -> tuple[list[Message], dict[str, uuid.UUID]]:
     ids: dict[str, uuid.UUID] = {}
+    positions: dict[str, int] = {}
     messages: list[Message] = []
     for offset, item in enumerate(given):
-        if item.id in ids:
-            raise InvalidImport(f"messages[{offset}]: id {item.id[:64]!r} is repeated.")
+        if item.id in positions:  # the message's position, not its id: error bodies never echo input
+            first = positions[item.id]
+            raise InvalidImport(f"messages[{offset}].id: repeats the id of messages[{first}].")
         if item.parent_id is not None and item.parent_id not in ids:
-            raise InvalidImport(f"messages[{offset}]: parent_id must name a message listed before it.")
+            raise InvalidImport(f"messages[{offset}].parent_id: must name a message listed before it.")
         ids[item.id] = uuid.uuid4()
+        positions[item.id] = offset
         created = item.created_at or now + timedelta(microseconds=offset)
         messages.append(
             Message(
