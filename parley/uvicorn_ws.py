@@ -155,6 +155,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes: int | None = None  # received of the head being read; None: no head expected
         self._in_request_line = True
+        self._head_begun = False  # a byte of it came (httptools began a message)
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -186,6 +187,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self._head_bytes is None:
             self._expect_head()
+        self._head_begun = True
 
     def on_headers_complete(self) -> None:
         if self._refused:
@@ -211,7 +213,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().handle_websocket_upgrade()
 
     def _expect_head(self) -> None:
-        self._head_bytes, self._in_request_line = 0, True
+        self._head_bytes, self._in_request_line, self._head_begun = 0, True, False
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def _head_complete(self) -> None:
@@ -232,7 +234,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
             return
         log.info("closed a connection whose request head did not arrive within %s s", self.head_timeout_s)
-        if self._head_bytes:
+        if self._head_begun:
             detail = f"The request head did not arrive within {self.head_timeout_s:g} s."
             self.transport.write(error_response(HTTPStatus.REQUEST_TIMEOUT, "request_timeout", detail))
         self._head_complete()

@@ -166,6 +166,28 @@ async def test_half_open_handshakes_are_closed_after_the_timeout(impatient_serve
     assert answers[30:] == [b""] * 10
 
 
+async def test_a_kept_alive_connection_gets_the_same_deadline_for_its_next_head(
+    impatient_server: LiveServer,
+) -> None:
+    """After a first request, uvicorn's keep-alive timer is cancelled by the next request's first byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", impatient_server.port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if b"content-length" in line
+            )
+            await reader.readexactly(length)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+            rest = await reader.read()
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    status, body = status_and_body(rest)
+    assert (status, body["code"]) == (408, "request_timeout")
+
+
 async def test_the_handshake_timeout_spares_open_websockets(impatient_server: LiveServer) -> None:
     async with await impatient_server.client(1) as client:
         await asyncio.sleep(1.0)  # twice the handshake timeout
