@@ -10,6 +10,10 @@ from typing import Any
 import jwt
 
 from parley.config import Settings
+from parley.text import identifier_problem
+
+# An identity is stored with every session and message: the store's customer_id columns are String(255).
+MAX_CUSTOMER_ID_CHARS = 255
 
 
 class AuthError(Exception):
@@ -70,11 +74,17 @@ class TokenVerifier:
 
 
 def identity_of(claims: Mapping[str, Any]) -> str:
-    """``customer_id`` if the token carries a usable one, else ``sub``; as a string."""
+    """``customer_id`` if the token carries a usable one, else ``sub``; as a string. One that cannot be an
+    identity (too long to store, a control character, a lone surrogate) refuses the token: falling back to
+    ``sub`` then would make it someone else."""
     for claim in ("customer_id", "sub"):
         value = claims.get(claim)
         if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
-            return str(value)
+            identity = str(value)
+            problem = identifier_problem(identity, MAX_CUSTOMER_ID_CHARS)
+            if problem is not None:
+                raise AuthError(f"the token's {claim} {problem}")
+            return identity
     raise AuthError("token names no customer (claim customer_id or sub)")
 
 

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # process whose lease has run out are closed as interrupted (parley/recovery.py).
     owner_lease_s: float = Field(default=15.0, ge=0.3)
     ws_ping_interval_s: float | None = 20.0
+    # A connection whose request head (a WebSocket upgrade, a REST request) is not complete this long after it
+    # opened (on a kept-alive connection: after the next request's first byte) is closed (408): a half-open
+    # handshake holds no socket for ever.
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
 
     @property
     def resolved_database_url(self) -> str:

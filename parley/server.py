@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from parley.config import Settings
 from parley.services import Runtime
+from parley.uvicorn_ws import edge_protocols
 
 FLUSH_BEFORE_CLOSE_S = 2.0
 
@@ -37,6 +38,7 @@ class ParleyServer(uvicorn.Server):
             ws_ping_timeout=settings.ws_ping_interval_s,
             log_level=settings.log_level,
             lifespan="on",
+            **edge_protocols(settings.handshake_timeout_s),
             **overrides,  # type: ignore[arg-type]
         )
         super().__init__(config)

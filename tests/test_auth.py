@@ -371,3 +371,49 @@ async def test_unusable_customer_id_claim_falls_back_to_sub(
     now = int(time.time())
     token = hs256({"customer_id": unusable, "sub": "5", "iat": now, "exp": now + 60})
     await assert_accepted(sqlite_server, token, customer_id="5")
+
+
+# -- identities the store can hold -------------------------------------------------------------------
+
+UNUSABLE_IDENTITIES = {
+    "256-chars": "7" * 256,
+    "300-chars": "c" * 300,
+    "nul": "cust\x00omer",
+    "newline": "cust\nomer",
+    "tab": "cust\tomer",
+    "del": "cust\x7f",
+    "c1-control": "cust\x85omer",
+    "lone-surrogate": "cust\ud800omer",
+}
+
+
+@pytest.mark.parametrize("claim", ["customer_id", "sub"])
+@pytest.mark.parametrize("identity", UNUSABLE_IDENTITIES.values(), ids=UNUSABLE_IDENTITIES.keys())
+async def test_identity_the_store_cannot_hold_is_refused_on_ws_and_rest(
+    server: LiveServer, claim: str, identity: str
+) -> None:
+    """Such a token used to open the socket, and then every turn failed (PostgreSQL: the column is 255
+    wide and takes no NUL) or stored a customer id no log line could show safely."""
+    now = int(time.time())
+    token = hs256({claim: identity, "iat": now, "exp": now + 600})
+    await assert_unauthorized(server, token)
+    status, _ = await refusal(server.ws_url, additional_headers={"Authorization": f"Bearer {token}"})
+    assert status == 401
+    async with server.http(None) as http:
+        response = await http.get("/api/v1/sessions", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401 and response.json()["code"] == "unauthorized"
+
+
+async def test_an_unusable_customer_id_does_not_fall_back_to_sub(sqlite_server: LiveServer) -> None:
+    """``sub`` names someone else: refusing is the only safe answer."""
+    await assert_unauthorized(sqlite_server, hs256(claims_for("x" * 300) | {"sub": "5"}))
+
+
+async def test_a_255_character_identity_is_accepted_on_ws_and_rest(server: LiveServer) -> None:
+    identity = "é" * 255  # characters, not bytes
+    await assert_accepted(server, hs256(claims_for(identity)), customer_id=identity)
+    async with server.http(None) as http:
+        response = await http.get(
+            "/api/v1/sessions", headers={"Authorization": f"Bearer {hs256(claims_for(identity))}"}
+        )
+    assert response.status_code == 200 and len(response.json()["items"]) == 1
