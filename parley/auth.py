@@ -95,7 +95,11 @@ def mint_token(
     audience: str | None = None,
     issuer: str | None = None,
 ) -> str:
-    """Sign an HS256 token for ``customer_id`` valid for ``ttl_s`` seconds."""
+    """Sign an HS256 token for ``customer_id`` valid for ``ttl_s`` seconds. Raises ``ValueError`` for an
+    identity the server would refuse (``identity_of``)."""
+    problem = identifier_problem(customer_id, MAX_CUSTOMER_ID_CHARS) if customer_id else "must not be empty"
+    if problem is not None:
+        raise ValueError(f"customer id {problem}")
     now = int(time.time())
     claims: dict[str, Any] = {"customer_id": customer_id, "sub": customer_id, "iat": now, "exp": now + ttl_s}
     if audience:

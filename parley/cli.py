@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(settings, args)
     if args.command == "token":
-        print(_token(settings, args.customer_id, args.ttl))
+        try:
+            print(_token(settings, args.customer_id, args.ttl))
+        except ValueError as exc:
+            print(f"parley: {exc}", file=sys.stderr)
+            return 2
         return 0
     asyncio.run(_migrate(settings))
     print(f"migrated {settings.resolved_database_url.split('@')[-1]}")

@@ -20,6 +20,7 @@ import httpx
 import jwt
 import pytest
 
+from parley.auth import mint_token
 from tests.invariants import TurnSummary
 from tests.wsclient import ChatClient
 
@@ -359,3 +360,17 @@ async def test_serve_without_dev_or_secret_refuses_to_start(tmp_path: Path) -> N
     assert "PARLEY_JWT_SECRET" in server.stderr, server.describe()
     assert "Traceback" not in server.stderr, server.describe()
     assert not (data_dir / "jwt_secret").exists()
+
+
+@pytest.mark.parametrize("customer_id", ["x" * 256, "a\x01b", "tab\there", "\ud800", ""])
+def test_minting_refuses_an_identity_the_server_would_refuse(customer_id: str) -> None:
+    with pytest.raises(ValueError, match="customer id must"):
+        mint_token("s" * 32, customer_id)
+
+
+def test_token_command_refuses_an_identity_the_server_would_refuse(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, PARLEY_JWT_SECRET=SECRET)
+    result = run_cli(["token", "--customer-id", "x" * 256], env, tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "customer id must be at most 255 characters" in result.stderr

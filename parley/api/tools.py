@@ -32,8 +32,10 @@ class ToolList(BaseModel):
 
 @router.get("/tools")
 async def list_tools(_customer: CurrentCustomer, runtime: AppRuntime) -> ToolList:
-    """Every tool this server offers (built-ins, then those of its running MCP servers), and the MCP
-    servers' state. Why a server failed is in the server's log, not here."""
+    """Every tool this server offers (built-ins, then those of its MCP servers as found at startup: a server
+    that died later keeps its tools here, and calling one gives an error result), and the MCP servers'
+    state (``failed`` once a call found it dead, and then no tools). Why a server failed is in the server's
+    log, not here."""
     tools = [
         ToolOut(name=spec.name, description=spec.description, parameters=dict(spec.parameters))
         for spec in runtime.services.tools.specs()
