@@ -233,11 +233,20 @@ class Connection:
         self._follow(turn.log, follower)
         turn.log.attach(follower)  # before the turn says anything
         in_flight = len(self.waiting) + (self.current is not None)
+        settings = self.services.settings
         if not self.supervisor.accepting:
             turn.refuse(ShuttingDown("The server is shutting down; send this again to another server."))
-        elif in_flight > self.services.settings.max_queued_requests:
-            limit = self.services.settings.max_queued_requests
+        elif in_flight > settings.max_queued_requests:
+            limit = settings.max_queued_requests
             turn.refuse(LimitExceeded(f"Too many requests: at most {limit} may wait behind the running one."))
+        elif self.services.streams.running(turn.identity.customer_id) > settings.max_turns_per_customer:
+            limit = settings.max_turns_per_customer
+            turn.refuse(
+                LimitExceeded(
+                    f"Too many requests: at most {limit} of your answers may be running or waiting at once, "
+                    "over all your connections; cancel one or wait for one to end."
+                )
+            )
         else:
             self.waiting.append(turn)
             if self._worker is None or self._worker.done():

@@ -367,12 +367,14 @@ class TurnEmitter:
             content = {"call_id": call_id, "output": output, "is_error": is_error}
             self._log.append(Kind.TOOL_RESULT, f'"content":{json_text(content)}')
 
-    def cancelled(self) -> None:
-        """Say ``cancelled`` (once) and cut the answer there."""
+    def cancelled(self, code: str | None = None) -> None:
+        """Say ``cancelled`` (once) and cut the answer there. ``code``: why the server stopped the turn
+        (``turn_too_long``); a client's cancel has none."""
         if self.cut or self.complete:
             return
         self.cut = True
-        self._log.append(Kind.CANCELLED, f'"content":{json_text(CANCELLED_TEXT)}', urgent=True)
+        why = f',"code":{json_text(code)}' if code else ""
+        self._log.append(Kind.CANCELLED, f'"content":{json_text(CANCELLED_TEXT)}{why}', urgent=True)
 
     def error(self, stage: str, code: str, message: str) -> None:
         kind = Kind.STREAM_ERROR if stage == "provider" else Kind.ERROR

@@ -23,7 +23,7 @@ import time
 import uuid
 from array import array
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
@@ -382,6 +382,7 @@ class TurnStreams:
         self._index: dict[tuple[str, str], TurnLog] = {}
         self._by_message: dict[uuid.UUID, TurnLog] = {}
         self._running: set[TurnLog] = set()
+        self._running_by_customer: Counter[str] = Counter()  # of ``_running``
         self._ended: OrderedDict[TurnLog, None] = OrderedDict()  # oldest ended first
 
     def __len__(self) -> int:
@@ -392,7 +393,12 @@ class TurnStreams:
         log = TurnLog(self, customer_id, request_id)
         self._index[(customer_id, request_id)] = log
         self._running.add(log)
+        self._running_by_customer[customer_id] += 1
         return log
+
+    def running(self, customer_id: str) -> int:
+        """The customer's turns not yet ended: running, waiting behind another, or just opened."""
+        return self._running_by_customer[customer_id]
 
     def find(self, customer_id: str, request_id: str) -> TurnLog | None:
         """The customer's turn with that request_id, running or ended within the TTL; else None (also
@@ -413,7 +419,13 @@ class TurnStreams:
         return log.live() if log is not None and log.live is not None else None
 
     def ended(self, log: TurnLog) -> None:
-        self._running.discard(log)
+        if log in self._running:
+            self._running.remove(log)
+            left = self._running_by_customer[log.customer_id] - 1
+            if left:
+                self._running_by_customer[log.customer_id] = left
+            else:
+                del self._running_by_customer[log.customer_id]
         self._ended[log] = None
         self.expire()
 

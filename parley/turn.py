@@ -50,7 +50,9 @@ log = logging.getLogger("parley.turn")
 
 DEFAULT_MODEL = "demo"
 
-__all__ = ["Turn", "request_id_of"]
+__all__ = ["TURN_TOO_LONG", "Turn", "request_id_of"]
+
+TURN_TOO_LONG = "turn_too_long"  # the error code of an answer stopped at PARLEY_MAX_TURN_S
 
 
 def request_id_of(raw: dict[str, Any]) -> tuple[str, str | None]:
@@ -98,6 +100,7 @@ class Turn:
         self.log.cancel = self.cancel
         self.events = TurnEmitter(self.log, self.request_id)
         self.cancel_requested = False
+        self.stop_code: str | None = None  # why the server stopped it (``turn_too_long``); None: a cancel
         self._streaming: Streaming | None = None
         self._answer: Answer | None = None
         self._loop: ToolLoop | None = None
@@ -118,8 +121,16 @@ class Turn:
         streaming.streamer.text.close()
         if streaming.loop is not None:
             streaming.loop.abandon(CANCELLED_OUTPUT, "cancelled")
-        self.events.cancelled()
+        self.events.cancelled(self.stop_code)
         streaming.task.cancel()
+
+    def _overtime(self) -> None:
+        """Running longer than ``PARLEY_MAX_TURN_S``: stopped as a cancel stops it, told apart by its code."""
+        if self.cancel_requested or self.events.complete:
+            return
+        log.info("turn %s ran for %ss: stopped", self.request_id, self.services.settings.max_turn_s)
+        self.stop_code = TURN_TOO_LONG
+        self.cancel()
 
     def refuse(self, error: ParleyError) -> None:
         """End a turn that will not run (queue full, server shutting down) with its full bracket."""
@@ -127,7 +138,9 @@ class Turn:
         self._fail(error)
 
     async def run(self) -> TurnStatus:
-        """Run the turn to its end; whatever happens, the client gets the closing events."""
+        """Run the turn to its end; whatever happens, the client gets the closing events. One that runs
+        longer than ``PARLEY_MAX_TURN_S`` is stopped (``_overtime``)."""
+        timer = asyncio.get_running_loop().call_later(self.services.settings.max_turn_s, self._overtime)
         try:
             return await self._run()
         except Exception:
@@ -136,6 +149,7 @@ class Turn:
                 return "error"
             return self._fail(ParleyError("Something went wrong on the server; the details are logged."))
         finally:
+            timer.cancel()
             self.log.cancel = None
 
     async def _run(self) -> TurnStatus:
@@ -359,7 +373,8 @@ class Turn:
         else:
             status = outcome
             if status == "cancelled":
-                self.events.cancelled()  # said already if it was cut while streaming
+                error_code = self.stop_code
+                self.events.cancelled(self.stop_code)  # said already if it was cut while streaming
         usage = dict(answer.usage) or None
         try:
             stored = await self.services.store.finish_turn(

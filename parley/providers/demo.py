@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,18 +63,39 @@ def default_answer(prompt: str) -> str:
 
 def split_answer(text: str, chunks: int | None) -> list[str]:
     """Word-sized deltas by default; else exactly ``chunks`` near-equal ones (short text is repeated)."""
+    return list(answer_pieces(text, chunks))
+
+
+def answer_pieces(text: str, chunks: int | None) -> Iterator[str]:
+    """``split_answer``, one piece at a time, in memory that does not grow with ``chunks``: a text shorter
+    than ``chunks`` is doubled (``f"{text} {text}"``) until it is long enough, here only virtually, as
+    ``text + " "`` repeated ``copies`` times less the last space."""
     if chunks is None:
         words = text.split(" ")
-        return [w + " " for w in words[:-1]] + ([words[-1]] if words[-1] else [])
-    while len(text) < chunks:
-        text = f"{text} {text}"
-    size, extra = divmod(len(text), chunks)
-    pieces, start = [], 0
+        yield from (w + " " for w in words[:-1])
+        if words[-1]:
+            yield words[-1]
+        return
+    copies = 1
+    while copies * (len(text) + 1) - 1 < chunks:
+        copies *= 2
+    unit = text + " "
+    total = copies * len(unit) - 1
+    size, extra = divmod(total, chunks)
+    start = 0
     for i in range(chunks):
         end = start + size + (1 if i < extra else 0)
-        pieces.append(text[start:end])
+        yield _cut(unit, start, end)
         start = end
-    return pieces
+
+
+def _cut(unit: str, start: int, end: int) -> str:
+    """``(unit * copies)[start:end]`` without the repeated text."""
+    first, offset = divmod(start, len(unit))
+    if end - first * len(unit) <= len(unit):
+        return unit[offset : end - first * len(unit)]
+    whole, tail = divmod(end - (first + 1) * len(unit), len(unit))
+    return unit[offset:] + unit * whole + unit[:tail]
 
 
 def approx_tokens(text: str) -> int:
@@ -196,7 +217,7 @@ class DemoProvider(Provider):
         delay = float(options.get("delay_ms") or 0) / 1000
         yield Usage(input_tokens=sum(approx_tokens(m.content) for m in request.messages))
         if reasoning := options.get("reasoning"):
-            for piece in split_answer(_unescaped(reasoning, options), None):
+            for piece in answer_pieces(_unescaped(reasoning, options), None):
                 await asyncio.sleep(delay)
                 yield ReasoningDelta(piece)
         if calls:
@@ -205,13 +226,14 @@ class DemoProvider(Provider):
             prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
             text = options.get("text") or tool_results_answer(turn) or default_answer(prompt)
         text = _unescaped(text, options)
-        pieces = split_answer(text, options.get("chunks")) if text else []
         fail_after: int | None = options.get("fail_after")
-        for sent, piece in enumerate(pieces):
+        sent = 0
+        for piece in answer_pieces(text, options.get("chunks")) if text else ():
             if fail_after is not None and sent >= fail_after:
                 raise ProviderFailed(f"The demo model failed after {sent} deltas, as asked (fail_after).")
             await asyncio.sleep(delay)
             yield TextDelta(piece)
+            sent += 1
         made: list[ToolCall] = []
         for scripted in calls:
             call = ToolCall(f"call_demo_{uuid.uuid4().hex[:16]}", scripted.name, _arguments(scripted))
@@ -220,7 +242,7 @@ class DemoProvider(Provider):
             await asyncio.sleep(delay)
             yield ToolCallReady(call)
             made.append(call)
-        yield Usage(output_tokens=len(pieces) + len(made))
+        yield Usage(output_tokens=sent + len(made))
         if request.tools:
             message = ChatMessage("assistant", text, tool_calls=tuple(made))
             yield StepEnd("tool_use" if made else "end", message)
