@@ -33,6 +33,7 @@ from bench.servers import (
     REPO,
     ParleySource,
     Server,
+    ServerKind,
     clean_env,
     log_findings,
     pinned_to,
@@ -253,25 +254,16 @@ def source_of(kind: str, ctx: Context) -> ParleySource:
 async def start_server(kind: str, scenario: Scenario, ctx: Context, database_url: str | None) -> Server:
     if kind == "floor":
         return await asyncio.to_thread(start_floor, ctx.server_cores, ctx.scratch)
-    if kind == "baseline":
-        return await asyncio.to_thread(
-            start_parley,
-            ctx.server_cores,
-            ctx.scratch,
-            scenario.database,
-            database_url,
-            source_of(kind, ctx),
-            parley_overrides(scenario, ctx),
-            kind="baseline",
-        )
+    parley: ServerKind = "baseline" if kind == "baseline" else "parley"
     return await asyncio.to_thread(
         start_parley,
         ctx.server_cores,
         ctx.scratch,
         scenario.database,
         database_url,
-        ctx.source,
+        source_of(kind, ctx),
         parley_overrides(scenario, ctx),
+        kind=parley,
     )
 
 

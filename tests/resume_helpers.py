@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from tests.conftest import LiveServer
@@ -74,3 +75,29 @@ async def stored_answer(server: LiveServer, customer: str, session_id: str) -> d
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()["messages"][-1]
     return answer
+
+
+class Outlet:
+    """A socket that takes ``room`` frames before it is backed up (``drain`` empties it)."""
+
+    def __init__(self, room: int = 1_000_000) -> None:
+        self.frames: list[str] = []
+        self.room = room
+        self.detached = False
+
+    @property
+    def congested(self) -> bool:
+        return len(self.frames) >= self.room
+
+    def push(self, data: str) -> None:
+        self.frames.append(data)
+
+    def push_now(self, data: str) -> None:
+        self.frames.append(data)
+
+    async def wait_ready(self) -> None:
+        return None
+
+    def drain(self) -> list[dict[str, Any]]:
+        frames, self.frames = self.frames, []
+        return [json.loads(f) for f in frames]

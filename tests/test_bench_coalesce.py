@@ -199,7 +199,7 @@ async def test_the_window_reaches_that_scenarios_parley_server_only(
     """The env the harness hands ``start_parley``, and the process env built from it."""
     asked: list[dict[str, str]] = []
 
-    def fake_start_parley(*args: Any) -> str:
+    def fake_start_parley(*args: Any, **kwargs: Any) -> str:
         asked.append(dict(args[-1]))
         return "started"
 
@@ -217,7 +217,7 @@ async def test_the_window_reaches_that_scenarios_parley_server_only(
 async def test_the_parley_record_keeps_its_settings_the_floors_has_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_server(*args: Any) -> None:
+    def no_server(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("no server in this test")
 
     monkeypatch.setattr("bench.harness.start_parley", no_server)

@@ -39,29 +39,11 @@ from bench.servers import ParleySource
 from bench.targets import log_cpu_targets, replay_targets, retained_targets, verdicts
 from parley.protocol import TurnEmitter
 from parley.streams import Follower, TurnStreams
+from tests.resume_helpers import Outlet
 
 RID = "a" * 32
 
 # -- what the log accounts, from the frames ----------------------------------------------------------------
-
-
-class Outlet:
-    """A connection's outbox as a follower sees it: it keeps every frame."""
-
-    congested = False
-    detached = False
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-
-    def push(self, data: str) -> None:
-        self.frames.append(data)
-
-    def push_now(self, data: str) -> None:
-        self.frames.append(data)
-
-    async def wait_ready(self) -> None:
-        return None
 
 
 def logged_turn(deltas: list[str]) -> tuple[TurnStreams, list[bytes]]:
@@ -69,7 +51,7 @@ def logged_turn(deltas: list[str]) -> tuple[TurnStreams, list[bytes]]:
     registry = TurnStreams(600.0, 1 << 30, 1 << 28)
     log = registry.open("customer", RID)
     out = Outlet()
-    log.attach(Follower(log, out, "camel"))
+    log.attach(Follower(log, out, "camel"))  # type: ignore[arg-type]
     emitter = TurnEmitter(log, RID)
     emitter.working("text", "demo", "demo")
     emitter.set_session("5f0c1a52-3f1e-4b7a-9a51-0e7d2a8f4c11")

@@ -3,38 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from parley.protocol import Kind, TurnEmitter
 from parley.streams import Expired, Follower, TurnLog, TurnStreams, ended_log_bytes
-
-
-class Outlet:
-    """A socket that takes ``room`` frames before it is backed up (``drain`` empties it)."""
-
-    def __init__(self, room: int = 1_000_000) -> None:
-        self.frames: list[str] = []
-        self.room = room
-        self.detached = False
-
-    @property
-    def congested(self) -> bool:
-        return len(self.frames) >= self.room
-
-    def push(self, data: str) -> None:
-        self.frames.append(data)
-
-    def push_now(self, data: str) -> None:
-        self.frames.append(data)
-
-    async def wait_ready(self) -> None:
-        return None
-
-    def drain(self) -> list[dict[str, Any]]:
-        frames, self.frames = self.frames, []
-        return [json.loads(f) for f in frames]
+from tests.resume_helpers import Outlet
 
 
 class Clock:
