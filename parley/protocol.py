@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from parley import validation
 from parley.config import Dialect
 from parley.text import StoredText, clean_json, encoded, first_surrogate
 
@@ -127,11 +128,9 @@ def join_text(content: str | list[TextPart]) -> str:
     return "\n\n".join(part.text for part in content)
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One clear sentence for the first problem pydantic found, naming the field."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
+def describe_validation_error(exc: ValidationError, frame: Any = validation.UNSEEN) -> str:
+    """Sentences naming each field as the client wrote it in ``frame`` (parley/validation.py), as REST's."""
+    return validation.describe(exc.errors(), frame)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from parley.errors import (
     LimitExceeded,
     ParleyError,
     ProviderFailed,
+    SessionNotFound,
     ValidationFailed,
 )
 from parley.protocol import (
@@ -212,7 +213,7 @@ class Turn:
         try:
             request = ChatRequest.model_validate(self.raw)
         except ValidationError as exc:
-            raise ValidationFailed(f"Invalid request: {describe_validation_error(exc)}") from None
+            raise ValidationFailed(f"Invalid request: {describe_validation_error(exc, self.raw)}") from None
         if request.customer_id is not None and str(request.customer_id) != self.identity.customer_id:
             raise Forbidden("customer_id does not match the authenticated customer.")
         prompt = request.prompt_text
@@ -243,7 +244,7 @@ class Turn:
         session_id = request.user_input.session_id
         key = parse_uuid(session_id) if session_id else None
         if session_id and key is None:
-            raise ValidationFailed(f"Session {session_id[:64]!r} was not found.", code="session_not_found")
+            raise SessionNotFound
         imported = (
             []
             if session_id

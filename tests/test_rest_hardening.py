@@ -125,10 +125,10 @@ async def test_a_422_says_what_is_wrong_where_in_plain_words(
     assert details == {
         "unknown": "color: is not a field here.",
         "blank": "title: must not be blank.",
-        "long": "title: String should have at most 255 characters.",
-        "query": "query parameter limit: Input should be greater than or equal to 1.",
+        "long": "title: must be at most 255 characters.",
+        "query": "query parameter limit: must be at least 1.",
         "missing": "messages: is required.",
-        "role": "messages[1].role: Input should be 'user' or 'assistant'.",
+        "role": "messages[1].role: must be 'user' or 'assistant'.",
         "nested": "messages[1].tool_steps[0].calls[0].name: must not contain NUL (\\u0000) characters; "
         "messages[1].tool_steps[0].results: is required.",
         "not json": details["not json"],

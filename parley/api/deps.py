@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request, status
+from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
 from parley.api.errors import ApiError
@@ -31,7 +31,6 @@ def get_identity(
         return runtime.verifier.verify(token)
     except AuthError:
         raise ApiError(
-            status.HTTP_401_UNAUTHORIZED,
             "unauthorized",
             "A valid bearer token is required.",
             headers={"WWW-Authenticate": "Bearer"},

@@ -1,7 +1,8 @@
 """REST errors: JSON ``{"detail": "<sentence>", "code": "<stable_code>"}`` with the right status.
 
-Routes raise ``ApiError``; the store's ``NotFound`` and ``DatabaseFailed`` are mapped here, so a route
-never shapes an error body itself. FastAPI's own 422 (a body or query that does not fit its schema) is
+Routes raise ``ApiError`` or any of Parley's own errors (``SessionNotFound``, ``DatabaseFailed``, … from
+parley/errors.py, the WebSocket's too); the status is the one ``CODES`` gives the code, so a route never
+shapes an error body itself. FastAPI's own 422 (a body or query that does not fit its schema) is
 ``invalid_request`` with a sentence naming the field (parley/api/validation.py), never the value sent.
 """
 
@@ -10,15 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parley.api import validation
-from parley.errors import DatabaseFailed
-from parley.store.history import NotFound
+from parley.errors import DatabaseFailed, ParleyError, http_status
 from parley.store.pagination import InvalidCursor
 
 log = logging.getLogger("parley.api")
@@ -37,23 +37,13 @@ class ErrorOut(BaseModel):
     code: str
 
 
-class ApiError(Exception):
-    def __init__(
-        self, status_code: int, code: str, detail: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.code = code
-        self.detail = detail
+class ApiError(ParleyError):
+    """A REST-only refusal (``turn_not_found``, ``unauthorized``…): a code of ``CODES`` and a sentence,
+    with the response headers it needs."""
+
+    def __init__(self, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail, code=code)
         self.headers = headers
-
-
-def session_not_found() -> ApiError:
-    return ApiError(status.HTTP_404_NOT_FOUND, "session_not_found", "Session not found.")
-
-
-def message_not_found() -> ApiError:
-    return ApiError(status.HTTP_404_NOT_FOUND, "message_not_found", "Message not found in this session.")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -77,10 +67,8 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn these errors into JSON responses."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(ParleyError, _parley_error)
     app.add_exception_handler(InvalidCursor, _invalid_cursor)
-    app.add_exception_handler(DatabaseFailed, _database_failed)
 
 
 def _body(status_code: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -101,20 +89,14 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     return _body(*validation.refusal(exc))
 
 
-async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return _body(exc.status_code, exc.code, exc.detail, exc.headers)
-
-
-async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, NotFound)
-    return _body(status.HTTP_404_NOT_FOUND, exc.code, str(exc))
+async def _parley_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Any of Parley's errors, with the status ``CODES`` gives its code."""
+    assert isinstance(exc, ParleyError)
+    if isinstance(exc, DatabaseFailed):
+        log.error("REST request failed in the database", exc_info=exc)
+        return _body(http_status("database_error"), "database_error", "The database is unavailable.")
+    return _body(exc.http_status, exc.code, exc.message, getattr(exc, "headers", None))
 
 
 async def _invalid_cursor(_request: Request, exc: Exception) -> JSONResponse:
-    return _body(status.HTTP_400_BAD_REQUEST, "invalid_cursor", str(exc))
-
-
-async def _database_failed(_request: Request, exc: Exception) -> JSONResponse:
-    log.error("REST request failed in the database", exc_info=exc)
-    return _body(status.HTTP_503_SERVICE_UNAVAILABLE, "database_error", "The database is unavailable.")
+    return _body(http_status("invalid_cursor"), "invalid_cursor", str(exc))

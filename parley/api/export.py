@@ -156,5 +156,5 @@ async def import_export(
     try:
         new_id = await import_session(history, customer.customer_id, data)
     except InvalidImport as exc:
-        raise ApiError(status.HTTP_400_BAD_REQUEST, "invalid_import", str(exc)) from None
+        raise ApiError("invalid_import", str(exc)) from None
     return SessionOut.of(await history.view(customer.customer_id, new_id))

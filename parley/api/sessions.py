@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from parley.api.deps import AppRuntime, CurrentCustomer
-from parley.api.errors import error_responses, message_not_found, session_not_found
+from parley.api.errors import error_responses
 from parley.api.schemas import (
     ActiveLeafIn,
     SessionOut,
@@ -23,6 +23,7 @@ from parley.api.schemas import (
     Text,
     UtcDateTime,
 )
+from parley.errors import MessageNotFound, SessionNotFound
 from parley.store.history import SessionFilters
 from parley.store.pagination import decode_session_cursor, encode_session_cursor
 from parley.store.repository import parse_uuid
@@ -33,14 +34,14 @@ router = APIRouter(tags=["sessions"])
 def session_key(session_id: str) -> uuid.UUID:
     key = parse_uuid(session_id)
     if key is None:
-        raise session_not_found()
+        raise SessionNotFound
     return key
 
 
 def message_key(message_id: str) -> uuid.UUID:
     key = parse_uuid(message_id)
     if key is None:
-        raise message_not_found()
+        raise MessageNotFound
     return key
 
 

@@ -35,8 +35,6 @@ async def cancel_turn(request_id: str, customer: CurrentCustomer, runtime: AppRu
     """
     found = runtime.streams.find(customer.customer_id, request_id)
     if found is None or found.cancel is None:
-        raise ApiError(
-            status.HTTP_404_NOT_FOUND, "turn_not_found", "No running turn of yours has that request_id."
-        )
+        raise ApiError("turn_not_found", "No running turn of yours has that request_id.")
     found.cancel()
     return CancelOut(request_id=request_id, status="cancelling")

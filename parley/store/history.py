@@ -25,31 +25,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from parley.errors import DatabaseFailed
+from parley.errors import DatabaseFailed, MessageNotFound, SessionNotFound
 from parley.store.db import DbSession, WriteGate
 from parley.store.pagination import SessionCursor
 from parley.store.tables import ChatSession, Message, SessionTag, UTCDateTime, utcnow
 from parley.store.tree import Tree, ordered
 
 DELETE_CHUNK = 500
-
-
-class NotFound(LookupError):
-    code = "not_found"
-
-
-class SessionNotFound(NotFound):
-    code = "session_not_found"
-
-    def __init__(self) -> None:
-        super().__init__("Session not found.")
-
-
-class MessageNotFound(NotFound):
-    code = "message_not_found"
-
-    def __init__(self) -> None:
-        super().__init__("Message not found in this session.")
 
 
 @dataclass(frozen=True)

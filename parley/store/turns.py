@@ -25,7 +25,7 @@ from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ClauseElement, Executable, Select
 
-from parley.errors import ValidationFailed
+from parley.errors import SessionNotFound
 from parley.store.branches import ContextMessage, Placement, check_branch_request, place
 from parley.store.prepared import Statements
 from parley.store.tables import ChatSession, Message, utcnow
@@ -151,9 +151,7 @@ class StartTurn:
         locked = _rows(conn, LOCK_SESSION, {"sid": self.session_id, "cid": self.customer_id})
         found = locked[0] if locked else None
         if found is None:
-            raise ValidationFailed(
-                f"Session {str(self.session_id)!r} was not found.", code="session_not_found"
-            )
+            raise SessionNotFound
         # Rows of the columns the tree reads (id, parent_id, role, content, created_at, tool_steps), not
         # ORM objects.
         rows = cast("Sequence[Message]", _rows(conn, SESSION_TREE, {"sid": self.session_id}))
