@@ -42,6 +42,13 @@ CODES: dict[str, Code] = {
     # limits
     "prompt_too_long": Code("limits", 413),
     "request_too_large": Code("limits", 413),
+    # a request head refused at the edge, before the app (parley/uvicorn_ws.py)
+    "request_line_too_long": Code("limits", 414),
+    "headers_too_large": Code("limits", 431),
+    "request_timeout": Code("limits", 408),
+    # not an ``error`` event: the ``code`` of the ``cancelled`` event, and the stored ``error_code``, of an
+    # answer stopped at PARLEY_MAX_TURN_S
+    "turn_too_long": Code("limits", 408),
     "too_many_requests": Code("limits", 429),
     "tool_step_limit": Code("limits", 422),
     # provider

@@ -28,6 +28,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets import http11
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 
+from parley.errors import http_status
+
 log = logging.getLogger("parley.server")
 
 # The longest request head (request line and headers together) the server reads. Identity providers' tokens
@@ -122,8 +124,10 @@ def edge_protocols(handshake_timeout_s: float) -> dict[str, Any]:
     return {"http": http, "ws": GuardedWebSocketProtocol}
 
 
-def error_response(status: HTTPStatus, code: str, detail: str) -> bytes:
-    """A complete HTTP/1.1 response with Parley's error body, for a connection about to close."""
+def error_response(code: str, detail: str) -> bytes:
+    """A complete HTTP/1.1 response with Parley's error body (its status the catalogue's for ``code``), for
+    a connection about to close."""
+    status = HTTPStatus(http_status(code))
     body = orjson.dumps({"detail": detail, "code": code})
     head = (
         f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
@@ -137,9 +141,9 @@ def head_too_large(request_line: bool) -> bytes:
     limit = f"{MAX_HEAD_BYTES // 1024} KiB"
     if request_line:
         detail = f"The request line must not pass {limit}."
-        return error_response(HTTPStatus.REQUEST_URI_TOO_LONG, "request_line_too_long", detail)
+        return error_response("request_line_too_long", detail)
     detail = f"The request head must not pass {limit} (an upgrade: nor {http11.MAX_NUM_HEADERS} headers)."
-    return error_response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", detail)
+    return error_response("headers_too_large", detail)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -236,7 +240,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         log.info("closed a connection whose request head did not arrive within %s s", self.head_timeout_s)
         if self._head_begun:
             detail = f"The request head did not arrive within {self.head_timeout_s:g} s."
-            self.transport.write(error_response(HTTPStatus.REQUEST_TIMEOUT, "request_timeout", detail))
+            self.transport.write(error_response("request_timeout", detail))
         self._head_complete()
         self.transport.close()
 

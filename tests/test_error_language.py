@@ -233,9 +233,14 @@ def test_a_code_given_to_an_error_takes_the_tables_stage() -> None:
 
 
 def test_every_code_the_server_raises_is_in_the_table() -> None:
-    """A code written where an error is made (``code="…"``, ``frame_error("…")``, ``ApiError("…")``) must be
-    one of ``CODES``; parley/tools/ is left out: its codes are told to the model, not to a client."""
-    made = re.compile(r'code="([a-z_]+)"|frame_error\("([a-z_]+)"|ApiError\(\s*"([a-z_]+)"')
+    """A code written where an error is made (``code="…"``, ``frame_error("…")``, ``ApiError("…")``,
+    ``error_response("…")``, a constant commented as an error code) must be one of ``CODES``; parley/tools/
+    is left out: its codes are told to the model, not to a client."""
+    made = re.compile(
+        r'code="([a-z_]+)"|frame_error\("([a-z_]+)"|ApiError\(\s*"([a-z_]+)"|error_response\("([a-z_]+)"'
+        r'|^[A-Z_]+ = "([a-z_]+)"  # the error code',
+        re.MULTILINE,
+    )
     unknown = set()
     for path in (DOCS.parent / "parley").rglob("*.py"):
         if "tools" not in path.parts:
