@@ -16,10 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Float, String, Text, Uuid, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from parley.errors import DatabaseFailed
+from parley.store.db import read_retried
 from parley.store.tables import UTCDateTime
 
 SEARCH_CHARS = 100_000  # as migration 0002 indexes
@@ -101,11 +100,11 @@ class Search:
             score=Float,
         )
         params = {"query": match, "customer_id": customer_id, "limit": limit, "offset": offset}
-        try:
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(statement, params)).all()
-        except SQLAlchemyError as exc:
-            raise DatabaseFailed("The search could not be run.") from exc
+
+        async def search(conn: AsyncConnection) -> list[Any]:
+            return list(await conn.execute(statement, params))
+
+        rows = await read_retried(self.engine.connect, search, "The search could not be run.")
         return [_hit(row, terms) for row in rows]
 
 
