@@ -94,6 +94,31 @@ async def test_search_pages_and_scope(server: LiveServer) -> None:
     assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_cursor"
 
 
+async def test_scores_and_order_depend_on_the_customers_messages_alone(server: LiveServer) -> None:
+    """Another customer writing the same rare word a dozen times (and much else) changes nothing in a
+    customer's scores or order: no search reveals whether, or how often, other customers use a word."""
+    owner, other = fresh_customer(), fresh_customer()
+    queries = ("quokka", "quok lake", "notes")
+    async with await server.client(owner) as client:
+        await note(client, "Quokka sighting at the lake, then a quokka again by the lake")
+        await note(client, "One quokka")
+        await note(client, "Lunch notes: nothing special, no quokka")
+        await note(client, "Lake notes")
+
+    async def ranking() -> list[list[tuple[str, float]]]:
+        pages = [await search(server, owner, q) for q in queries]
+        return [[(h["message_id"], h["score"]) for h in page["items"]] for page in pages]
+
+    before = await ranking()
+    assert [len(hits) for hits in before] == [3, 1, 2]
+    async with await server.client(other) as client:
+        for n in range(12):
+            await note(client, f"quokka {n} by the lake " + "and notes " * n)
+        await note(client, "A long message about other things entirely. " * 30)
+    assert len((await search(server, other, "quokka"))["items"]) == 12
+    assert await ranking() == before
+
+
 async def test_deleted_messages_leave_the_index(server: LiveServer) -> None:
     customer = fresh_customer()
     async with await server.client(customer) as client:

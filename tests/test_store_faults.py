@@ -603,3 +603,31 @@ async def test_backends_terminated_just_before_the_final_write(
         ("assistant", "completed", summary.text),
         ("user", "completed", "terminated"),
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Reads on the dead connections a termination leaves in the pool
+
+
+async def test_reads_after_the_backends_were_terminated_all_answer(tmp_path: Path, postgres_url: str) -> None:
+    """Every pooled connection of the server is dead once its backends are terminated, and the first
+    statement on each one is what finds out: a REST read that draws one reads again on a fresh connection.
+    Nine reads at once (eight of the history, a health check), each on a pooled connection of its own,
+    all answer 200; before, most answered 503."""
+    customer = f"c-{uuid.uuid4().hex[:8]}"
+    async with admin_connection() as admin, live_server(make_settings(tmp_path, postgres_url)) as live:
+        async with await live.client(customer) as client:
+            summary = await client.turn(await client.chat("Remember the turnip"))
+        session = f"/api/v1/sessions/{summary.session_id}"
+        paths = ["/api/v1/sessions", session, f"{session}/export", "/api/v1/search?q=turnip"] * 2
+        paths.append("/healthz")
+        async with live.http(customer) as http:
+
+            async def read_all() -> list[tuple[str, int]]:
+                answers = await asyncio.gather(*(http.get(path) for path in paths))
+                return [(path, answer.status_code) for path, answer in zip(paths, answers, strict=True)]
+
+            assert await read_all() == [(path, 200) for path in paths]  # the pool holds nine now
+            assert await terminate_backends(admin, database_of(postgres_url)) > 0
+            after = await read_all()
+    assert after == [(path, 200) for path in paths]

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
+
+from parley.errors import DatabaseFailed
 
 __all__ = [
     "DbSession",
@@ -22,9 +26,15 @@ __all__ = [
     "alembic_config",
     "create_engine",
     "migrate",
+    "read_again_if_dead",
+    "read_retried",
     "sessionmaker",
     "sqlite_pragmas",
 ]
+
+C = TypeVar("C")
+R = TypeVar("R")
+log = logging.getLogger("parley.store")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -62,6 +72,43 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         dbapi_connection.ping()
     except Exception as exc:
         raise DisconnectionError("the pooled connection is gone") from exc
+
+
+async def read_retried(
+    connect: Callable[[], contextlib.AbstractAsyncContextManager[C]],
+    read: Callable[[C], Awaitable[R]],
+    failure: str,
+) -> R:
+    """``read_again_if_dead``, with any failure as ``DatabaseFailed`` saying ``failure``."""
+    try:
+        return await read_again_if_dead(connect, read)
+    except SQLAlchemyError as exc:
+        raise DatabaseFailed(failure) from exc
+
+
+async def read_again_if_dead(
+    connect: Callable[[], contextlib.AbstractAsyncContextManager[C]],
+    read: Callable[[C], Awaitable[R]],
+) -> R:
+    """Run ``read`` on a connection (or session) from ``connect``; when that pooled connection turns out
+    dead, once more on a fresh one.
+
+    After the database restarts or its backends are terminated, every pooled connection is dead, and the
+    first statement on each one is what finds out (SQLAlchemy then marks the error ``connection_invalidated``
+    and replaces the pool's older connections as they are checked out). A read changes nothing, so running
+    it again is safe; writes are not retried here (the turns' writes are, by ``Store._retried``, as they
+    recognise their own earlier commit). Cheaper than ``pool_pre_ping``, which costs a round trip on every
+    checkout to catch the same rare case.
+    """
+    try:
+        async with connect() as handle:
+            return await read(handle)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.info("a read found its pooled connection dead; reading again on a fresh one")
+    async with connect() as handle:
+        return await read(handle)
 
 
 class WriteGate:

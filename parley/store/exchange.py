@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from parley.store.db import DbSession
 from parley.store.history import History, messages_of, owned, tags_of
 from parley.store.tables import ChatSession, Message, SessionTag, utcnow
 from parley.store.tree import Tree
@@ -55,10 +56,11 @@ class ImportedSession:
 
 
 async def export_session(history: History, customer_id: str, session_id: uuid.UUID) -> SessionExport:
-    async with history.db() as db:
+    async def read(db: DbSession) -> tuple[ChatSession, list[Message], dict[uuid.UUID, list[str]]]:
         session = await owned(db, customer_id, session_id)
-        rows = list(await messages_of(db, session_id))
-        tags = await tags_of(db, [session_id])
+        return session, list(await messages_of(db, session_id)), await tags_of(db, [session_id])
+
+    session, rows, tags = await history.read(read)
     tree = Tree.of(rows)
     return SessionExport(session, tags.get(session_id, []), rows, tree.active_path(session.active_leaf_id))
 

@@ -7,10 +7,11 @@ Every function takes the customer id and raises ``SessionNotFound`` for a sessio
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -26,12 +27,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from parley.errors import DatabaseFailed, MessageNotFound, SessionNotFound
-from parley.store.db import DbSession, WriteGate
+from parley.store.db import DbSession, WriteGate, read_retried
 from parley.store.pagination import SessionCursor
 from parley.store.tables import ChatSession, Message, SessionTag, UTCDateTime, utcnow
 from parley.store.tree import Tree, ordered
 
 DELETE_CHUNK = 500
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,15 @@ class History:
         self.engine = engine
         self._writing = writing
 
+    async def read(self, read: Callable[[DbSession], Awaitable[T]]) -> T:
+        """Run ``read`` in a database session, once more on a fresh connection when the pooled one turned
+        out dead (see ``read_retried``); failures become ``DatabaseFailed``."""
+        return await read_retried(self._sessions, read, "The history could not be read.")
+
     @asynccontextmanager
     async def db(self, write: bool = False) -> AsyncIterator[DbSession]:
-        """A database session (in a transaction when ``write``); failures become ``DatabaseFailed``."""
+        """A database session (in a transaction when ``write``); failures become ``DatabaseFailed``.
+        Reads go through ``read`` instead, which survives a dead pooled connection."""
         try:
             if write:
                 async with self._writing(), self._sessions() as db, db.begin():
@@ -117,9 +125,12 @@ class History:
                 )
             )
         query = query.order_by(activity.desc(), ChatSession.id.desc()).limit(limit + 1)
-        async with self.db() as db:
-            found = (await db.execute(query)).all()
-            tags = await tags_of(db, [row[0].id for row in found[:limit]])
+
+        async def read(db: DbSession) -> tuple[list[Any], dict[uuid.UUID, list[str]]]:
+            found = list((await db.execute(query)).all())
+            return found, await tags_of(db, [row[0].id for row in found[:limit]])
+
+        found, tags = await self.read(read)
         rows = [SessionRow(s, tags.get(s.id, []), at) for s, at in found[:limit]]
         more = len(found) > limit
         last = rows[-1] if rows and more else None
@@ -128,8 +139,10 @@ class History:
     # -- one session -------------------------------------------------------------------------------
 
     async def view(self, customer_id: str, session_id: uuid.UUID) -> SessionView:
-        async with self.db() as db:
+        async def read(db: DbSession) -> SessionView:
             return await _view(db, await owned(db, customer_id, session_id))
+
+        return await self.read(read)
 
     async def update(
         self, customer_id: str, session_id: uuid.UUID, title: str | None, tags: Sequence[str] | None

@@ -10,12 +10,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.errors import DatabaseFailed, ParleyError
 from parley.store.branches import ContextMessage
-from parley.store.db import DbSession, WriteGate, sessionmaker
+from parley.store.db import DbSession, WriteGate, read_again_if_dead, read_retried, sessionmaker
 from parley.store.history import History
 from parley.store.search import Search
 from parley.store.tables import ChatSession, Message
@@ -54,19 +53,23 @@ class Store:
         self.search = Search(engine)
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
+        """``SELECT 1``, once more on a fresh connection when the pooled one turned out dead."""
+
+        async def select_one(conn: AsyncConnection) -> None:
             await conn.execute(text("SELECT 1"))
+
+        await read_again_if_dead(self.engine.connect, select_one)
 
     async def find_session(self, customer_id: str, session_id: str) -> ChatSession | None:
         """The customer's session, or None when the id is malformed, unknown or someone else's."""
         key = parse_uuid(session_id)
         if key is None:
             return None
-        try:
-            async with self._sessions() as db:
-                found = await db.get(ChatSession, key)
-        except SQLAlchemyError as exc:
-            raise DatabaseFailed("The session could not be read.") from exc
+
+        async def read(db: DbSession) -> ChatSession | None:
+            return await db.get(ChatSession, key)
+
+        found = await read_retried(self._sessions, read, "The session could not be read.")
         return found if found is not None and found.customer_id == customer_id else None
 
     async def start_turn(

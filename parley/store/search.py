@@ -2,7 +2,8 @@
 
 Both indexes come from migration 0002 and cover messages that finished streaming. A query is cut into
 words (letters and digits); a message matches when it has every word, each as a word prefix, ignoring
-case. Results are ranked (bm25 / ts_rank), best first; the snippet is built here, the same on both.
+case. Results are ranked (BM25 / ts_rank), best first, from the customer's own messages alone (bm25.py);
+the snippet is built here, the same on both.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, String, Text, Uuid, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Float, Integer, String, Text, Uuid, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from parley.errors import DatabaseFailed
-from parley.store.tables import UTCDateTime
+from parley.store import bm25
+from parley.store.db import read_retried
+from parley.store.tables import ChatSession, Message, UTCDateTime
 
 SEARCH_CHARS = 100_000  # as migration 0002 indexes
 MAX_TERMS = 16
@@ -29,19 +30,8 @@ SNIPPET_WORDS = 24
 MARK_OPEN, MARK_CLOSE = "<mark>", "</mark>"
 WORD = re.compile(r"[^\W_]+")
 
-_COLUMNS = "m.id, m.session_id, s.title, m.role, m.content, m.created_at"
-SQLITE_SEARCH = f"""
-SELECT {_COLUMNS}, -bm25(chat_messages_fts) AS score
-FROM chat_messages_fts
-JOIN chat_messages_fts_keys k ON k.id = chat_messages_fts.rowid
-JOIN chat_messages m ON m.id = k.message_id
-JOIN chat_sessions s ON s.id = m.session_id
-WHERE chat_messages_fts MATCH :query AND m.customer_id = :customer_id
-ORDER BY score DESC, m.created_at DESC, m.id
-LIMIT :limit OFFSET :offset
-"""
-POSTGRES_SEARCH = f"""
-SELECT {_COLUMNS}, ts_rank(m.search, q.query) AS score
+POSTGRES_SEARCH = """
+SELECT m.id, m.session_id, s.title, m.role, m.content, m.created_at, ts_rank(m.search, q.query) AS score
 FROM chat_messages m
 JOIN chat_sessions s ON s.id = m.session_id
 CROSS JOIN (SELECT to_tsquery('simple', :query) AS query) q
@@ -84,32 +74,78 @@ class Search:
         self.postgres = engine.dialect.name == "postgresql"
 
     async def messages(self, customer_id: str, query: str, limit: int, offset: int) -> list[SearchHit]:
-        """A page of the customer's messages matching ``query``, best first; none for a query of no words."""
+        """A page of the customer's messages matching ``query``, best first; none for a query of no words.
+
+        Scores and order depend on the customer's own messages only: ``ts_rank`` looks at one message and
+        the query; on SQLite, BM25 is computed from the customer's statistics (see bm25.py).
+        """
         terms = terms_of(query)
         if not terms:
             return []
-        sql, match = (
-            (POSTGRES_SEARCH, tsquery(terms)) if self.postgres else (SQLITE_SEARCH, fts5_query(terms))
-        )
-        statement = text(sql).columns(
-            id=Uuid,
-            session_id=Uuid,
-            title=String,
-            role=String,
-            content=Text,
-            created_at=UTCDateTime,
-            score=Float,
-        )
-        params = {"query": match, "customer_id": customer_id, "limit": limit, "offset": offset}
-        try:
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(statement, params)).all()
-        except SQLAlchemyError as exc:
-            raise DatabaseFailed("The search could not be run.") from exc
-        return [_hit(row, terms) for row in rows]
+        page = _postgres_page if self.postgres else _sqlite_page
+
+        async def search(conn: AsyncConnection) -> list[tuple[Any, float]]:
+            return await page(conn, customer_id, terms, limit, offset)
+
+        found = await read_retried(self.engine.connect, search, "The search could not be run.")
+        return [_hit(row, score, terms) for row, score in found]
 
 
-def _hit(row: Any, terms: Sequence[str]) -> SearchHit:
+async def _postgres_page(
+    conn: AsyncConnection, customer_id: str, terms: Sequence[str], limit: int, offset: int
+) -> list[tuple[Any, float]]:
+    statement = text(POSTGRES_SEARCH).columns(
+        id=Uuid,
+        session_id=Uuid,
+        title=String,
+        role=String,
+        content=Text,
+        created_at=UTCDateTime,
+        score=Float,
+    )
+    params = {"query": tsquery(terms), "customer_id": customer_id, "limit": limit, "offset": offset}
+    return [(row, float(row.score or 0.0)) for row in await conn.execute(statement, params)]
+
+
+async def _sqlite_page(
+    conn: AsyncConnection, customer_id: str, terms: Sequence[str], limit: int, offset: int
+) -> list[tuple[Any, float]]:
+    """Rank every match of the customer by their own BM25 (see bm25.py), then read the page's rows."""
+    mine = {"customer_id": customer_id}
+    stats = (await conn.execute(text(bm25.STATS), mine)).first()
+    if stats is None:
+        return []
+    matching = text(bm25.MATCHES).columns(doc=Integer, tokens=Integer, id=Uuid, created_at=UTCDateTime)
+    matches = (await conn.execute(matching, {"query": fts5_query(terms), **mine})).all()
+    if not matches:
+        return []
+    counts: list[dict[int, int]] = [{} for _ in terms]
+    term_counts = text(bm25.term_counts_query(len(terms)))
+    for term, doc, tf in await conn.execute(term_counts, {**bm25.term_counts_params(terms), **mine}):
+        counts[term][doc] = tf
+    collection = bm25.Collection(stats.documents, stats.tokens / stats.documents)
+    scored = bm25.scores(collection, counts, {m.doc: m.tokens for m in matches})
+    # Best first; among equal scores the newest, then by id (stable sorts, last key first).
+    ranked = sorted(matches, key=lambda m: m.id)
+    ranked.sort(key=lambda m: m.created_at, reverse=True)
+    ranked.sort(key=lambda m: scored[m.doc], reverse=True)
+    page = ranked[offset : offset + limit]
+    rows = await _rows(conn, [m.id for m in page])
+    return [(rows[m.id], scored[m.doc]) for m in page if m.id in rows]  # one deleted meanwhile is left out
+
+
+async def _rows(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    """The hits' messages with their sessions' titles, by message id."""
+    columns = (Message.id, Message.session_id, ChatSession.title, Message.role, Message.content)
+    query = (
+        select(*columns, Message.created_at)
+        .join(ChatSession, ChatSession.id == Message.session_id)
+        .where(Message.id.in_(ids))
+    )
+    return {row.id: row for row in await conn.execute(query)}
+
+
+def _hit(row: Any, score: float, terms: Sequence[str]) -> SearchHit:
     return SearchHit(
         message_id=row.id,
         session_id=row.session_id,
@@ -117,7 +153,7 @@ def _hit(row: Any, terms: Sequence[str]) -> SearchHit:
         role=row.role,
         snippet=snippet(row.content[:SEARCH_CHARS], terms),
         created_at=row.created_at,
-        score=float(row.score or 0.0),
+        score=score,
     )
 
 
