@@ -49,6 +49,8 @@ CODES: dict[str, Code] = {
     # not an ``error`` event: the ``code`` of the ``cancelled`` event, and the stored ``error_code``, of an
     # answer stopped at PARLEY_MAX_TURN_S
     "turn_too_long": Code("limits", 408),
+    # the same, of an answer stopped because its session (or its branch) was deleted
+    "session_deleted": Code("validation", 410),
     "too_many_requests": Code("limits", 429),
     "tool_step_limit": Code("limits", 422),
     # provider

@@ -24,7 +24,7 @@ import uuid
 from array import array
 from bisect import bisect_right
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from parley.config import Dialect
 from parley.protocol import FrameEncoder, Kind
 
+SESSION_DELETED = "session_deleted"  # the error code of an answer stopped because it was deleted
 CHUNK = 64  # events per sealed chunk
 # An open chunk is sealed sooner once its bodies hold this many characters: memory is counted (towards the
 # caps) as chunks are sealed, so what a running turn holds uncounted stays below about this.
@@ -101,6 +102,7 @@ class TurnLog:
         "request_id",
         "session_id",
         "session_seq",
+        "stop",
     )
 
     def __init__(self, streams: TurnStreams, customer_id: str, request_id: str) -> None:
@@ -125,6 +127,7 @@ class TurnLog:
         # Set by the turn: how to stop it (while it waits or runs) and what it has said so far (while
         # its answer row is ``streaming``).
         self.cancel: Callable[[], None] | None = None
+        self.stop: Callable[[str], None] | None = None  # a cancel the server makes, with its reason's code
         self.live: Callable[[], LiveAnswer] | None = None
         self.message_id: uuid.UUID | None = None
 
@@ -269,6 +272,7 @@ class TurnLog:
             self._seal()
         self.ended_at = self._streams.clock()
         self.cancel = None
+        self.stop = None
         self.live = None
         followers, self.followers = self.followers, []
         for follower in followers:
@@ -412,6 +416,19 @@ class TurnStreams:
     def bind_message(self, log: TurnLog, message_id: uuid.UUID) -> None:
         log.message_id = message_id
         self._by_message[message_id] = log
+
+    def stop_writing(self, customer_id: str, session_id: str | None, message_ids: Iterable[uuid.UUID]) -> int:
+        """Stop the customer's running turns whose answers were deleted: every one streaming into
+        ``session_id`` (the session is gone), and those writing one of ``message_ids`` (a branch is gone).
+        They end as a cancel ends them, their ``cancelled`` event saying ``session_deleted``. How many."""
+        doomed = {self._by_message.get(m) for m in message_ids}
+        stopped = 0
+        for log in list(self._running):
+            gone = log in doomed or (session_id is not None and log.session_id == session_id)
+            if gone and log.customer_id == customer_id and log.stop is not None:
+                log.stop(SESSION_DELETED)
+                stopped += 1
+        return stopped
 
     def live_answer(self, message_id: uuid.UUID) -> LiveAnswer | None:
         """What the running turn that writes ``message_id`` has sent so far, if it runs here."""

@@ -99,9 +99,11 @@ class Turn:
         self._refusal = refusal or bad_id  # a frame the connection already found unusable
         self.log: TurnLog = services.streams.open(identity.customer_id, self.request_id)
         self.log.cancel = self.cancel
+        self.log.stop = self.stop
         self.events = TurnEmitter(self.log, self.request_id)
         self.cancel_requested = False
-        self.stop_code: str | None = None  # why the server stopped it (``turn_too_long``); None: a cancel
+        # why the server stopped it (``turn_too_long``, ``session_deleted``); None: a client's cancel
+        self.stop_code: str | None = None
         self._streaming: Streaming | None = None
         self._answer: Answer | None = None
         self._loop: ToolLoop | None = None
@@ -127,10 +129,16 @@ class Turn:
 
     def _overtime(self) -> None:
         """Running longer than ``PARLEY_MAX_TURN_S``: stopped as a cancel stops it, told apart by its code."""
+        if not (self.cancel_requested or self.events.complete):
+            log.info("turn %s ran for %ss: stopped", self.request_id, self.services.settings.max_turn_s)
+            self.stop(TURN_TOO_LONG)
+
+    def stop(self, code: str) -> None:
+        """The server cancels the turn, saying why (``code``) in its ``cancelled`` event and stored answer;
+        after a cancel, or once ended, no effect."""
         if self.cancel_requested or self.events.complete:
             return
-        log.info("turn %s ran for %ss: stopped", self.request_id, self.services.settings.max_turn_s)
-        self.stop_code = TURN_TOO_LONG
+        self.stop_code = code
         self.cancel()
 
     def refuse(self, error: ParleyError) -> None:

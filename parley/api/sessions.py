@@ -98,8 +98,11 @@ async def update_session(
     "/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404)
 )
 async def delete_session(session_id: str, customer: CurrentCustomer, runtime: AppRuntime) -> Response:
-    """Delete the session and all its messages. A turn still streaming into it finishes unseen."""
-    await runtime.store.history.delete(customer.customer_id, session_key(session_id))
+    """Delete the session and all its messages. Turns still streaming into it are stopped: they end as a
+    cancel ends them, their ``cancelled`` event saying ``session_deleted``."""
+    key = session_key(session_id)
+    await runtime.store.history.delete(customer.customer_id, key)
+    runtime.streams.stop_writing(customer.customer_id, str(key), ())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -126,8 +129,10 @@ async def delete_message(
 ) -> Response:
     """Delete the message and every message below it (its replies, their branches).
 
-    If the active branch ran through it, the parent's newest remaining branch becomes active.
+    If the active branch ran through it, the parent's newest remaining branch becomes active. An answer still
+    streaming among them is stopped, as when its session is deleted.
     """
     key, message = session_key(session_id), message_key(message_id)
-    await runtime.store.history.delete_subtree(customer.customer_id, key, message)
+    deleted = await runtime.store.history.delete_subtree(customer.customer_id, key, message)
+    runtime.streams.stop_writing(customer.customer_id, None, deleted)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

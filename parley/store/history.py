@@ -198,8 +198,11 @@ class History:
             await db.flush()
             return await _view(db, session, tree)
 
-    async def delete_subtree(self, customer_id: str, session_id: uuid.UUID, message_id: uuid.UUID) -> None:
-        """Delete a message and everything below it; an active leaf inside it moves to the parent's branch."""
+    async def delete_subtree(
+        self, customer_id: str, session_id: uuid.UUID, message_id: uuid.UUID
+    ) -> list[uuid.UUID]:
+        """Delete a message and everything below it; an active leaf inside it moves to the parent's branch.
+        Returns the ids deleted."""
         async with self.db(write=True) as db:
             session = await owned(db, customer_id, session_id, lock=True)
             rows = await messages_of(db, session_id)
@@ -214,6 +217,7 @@ class History:
             ids = list(doomed)
             for start in range(0, len(ids), DELETE_CHUNK):
                 await db.execute(delete(Message).where(Message.id.in_(ids[start : start + DELETE_CHUNK])))
+        return ids
 
 
 def _activity(snapshot: datetime) -> ColumnElement[datetime]:
