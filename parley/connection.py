@@ -202,7 +202,7 @@ class Connection:
         try:
             cancel = CancelFrame.model_validate(frame)
         except ValidationError as exc:
-            self._refuse_frame(frame, f"Invalid cancel frame: {describe_validation_error(exc)}")
+            self._refuse_frame(frame, f"Invalid cancel frame: {describe_validation_error(exc, frame)}")
             return
         if cancel.request_id is None:
             self._cancel_unnamed()
@@ -256,7 +256,7 @@ class Connection:
         try:
             resume = ResumeFrame.model_validate(frame)
         except ValidationError as exc:
-            self._refuse_frame(frame, f"Invalid resume frame: {describe_validation_error(exc)}")
+            self._refuse_frame(frame, f"Invalid resume frame: {describe_validation_error(exc, frame)}")
             return
         found = self.services.streams.find(self.identity.customer_id, resume.request_id)
         if found is None:

@@ -116,10 +116,13 @@ class SessionNotFound(NotFound):
 
 
 class MessageNotFound(NotFound):
+    """The one ``message_not_found``; ``field`` names where the client gave the id, when it did."""
+
     code = "message_not_found"
 
-    def __init__(self) -> None:
-        super().__init__("Message not found in this session.")
+    def __init__(self, field: str | None = None) -> None:
+        where = f"{field}: " if field else ""
+        super().__init__(f"{where}Message not found in this session.")
 
 
 class Forbidden(ParleyError):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from parley.errors import ValidationFailed
+from parley.errors import MessageNotFound, ValidationFailed
 from parley.store.tables import Message
 from parley.store.tree import Tree
 
@@ -84,7 +84,4 @@ def _find(tree: Tree, message_id: str, field: str) -> Message:
         found = None
     if found is not None:
         return found
-    raise ValidationFailed(
-        f"user_input.{field}: message {message_id[:64]!r} was not found in this session.",
-        code="message_not_found",
-    )
+    raise MessageNotFound(f"user_input.{field}")
