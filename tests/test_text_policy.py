@@ -116,9 +116,10 @@ async def test_a_clients_nul_in_stored_text_is_refused(server: LiveServer) -> No
     ["line\nbreak", "nul\u0000", "x" * 256, "tab\there", "del\u007f"],
 )
 async def test_an_unusable_request_id_is_refused_and_the_turn_carries_a_server_made_one(
-    sqlite_server: LiveServer, request_id: str
+    server: LiveServer, request_id: str
 ) -> None:
-    async with await sqlite_server.client() as client:
+    """On PostgreSQL such an id used to reach the store and fail there (``database_error``)."""
+    async with await server.client() as client:
         await client.chat("Hello", request_id=request_id)
         async with asyncio.timeout(10):
             while not (client.turns and all(client.finished(rid) for rid in client.turns)):
