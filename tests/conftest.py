@@ -167,6 +167,15 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
     return None  # the default: a SQLite file in the data directory
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for a test that builds its own store: a SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
 async def server(tmp_path: Path, database_url: str | None) -> AsyncIterator[LiveServer]:
     """Parley on SQLite and on PostgreSQL (the test runs once for each)."""

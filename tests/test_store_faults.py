@@ -243,14 +243,6 @@ async def test_terminated_backends_lose_no_answer(
 # 2. Store: failures, retries, rows closed or gone
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'faults.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     engine = create_engine(store_url)

@@ -22,20 +22,12 @@ from parley.store.turns import StartTurn
 from parley.store.writer import SqliteWriter, TaskWriter, Writer
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def writer_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
-async def writer(writer_url: str) -> AsyncIterator[Writer]:
-    engine = create_engine(writer_url)
+async def writer(store_url: str) -> AsyncIterator[Writer]:
+    engine = create_engine(store_url)
     await migrate(engine)
     postgres = engine.dialect.name == "postgresql"
-    made: Writer = TaskWriter(engine, lanes=1) if postgres else SqliteWriter(writer_url)
+    made: Writer = TaskWriter(engine, lanes=1) if postgres else SqliteWriter(store_url)
     try:
         yield made
     finally:
