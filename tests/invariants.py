@@ -28,6 +28,11 @@ class TurnSummary:
         default_factory=list
     )  # toolResult contents: {call_id, output, is_error}
 
+    def only(self, kind: str) -> Frame:
+        """The turn's one event of ``kind`` (camel name; the dialect's wire name too)."""
+        (event,) = [e for e, k in zip(self.events, self.kinds, strict=True) if k == kind]
+        return event
+
 
 def kind_of(frame: Frame, dialect: str = "camel") -> str:
     """The camel name of a wire frame, whatever the dialect."""

@@ -5,16 +5,11 @@ kept, and another customer's turns, or the customer's turns elsewhere, go on."""
 from __future__ import annotations
 
 from tests.conftest import LiveServer
-from tests.invariants import Frame, TurnSummary, check_turn
+from tests.invariants import TurnSummary, check_turn
 from tests.resume_helpers import TEXT, drop, resumed
 from tests.wsclient import ChatClient
 
 LONG = {"text": TEXT, "chunks": 300, "delay_ms": 20}  # six seconds: still streaming when deleted
-
-
-def cancelled_event(turn: TurnSummary) -> Frame:
-    (event,) = [e for e in turn.events if e["type"] == "cancelled"]
-    return event
 
 
 async def streaming(client: ChatClient, prompt: str = "Go on") -> tuple[str, str]:
@@ -27,7 +22,7 @@ async def streaming(client: ChatClient, prompt: str = "Go on") -> tuple[str, str
 def stopped_as_deleted(turn: TurnSummary) -> None:
     assert turn.kinds[-3:] == ["cancelled", "dbOperationExecuted", "fullProcessComplete"]
     assert turn.status == "cancelled"
-    assert cancelled_event(turn)["code"] == "session_deleted"
+    assert turn.only("cancelled")["code"] == "session_deleted"
     assert turn.text != TEXT
 
 
@@ -80,4 +75,4 @@ async def test_another_customer_cannot_stop_an_answer_by_deleting(sqlite_server:
             assert (await stranger.delete(f"/api/v1/sessions/{session}")).status_code == 404
         await owner.send({"type": "cancel", "request_id": rid})
         turn = check_turn(await owner.events(rid))
-    assert "code" not in cancelled_event(turn)  # stopped by its own customer's cancel, not the stranger
+    assert "code" not in turn.only("cancelled")  # stopped by its own customer's cancel, not the stranger

@@ -13,7 +13,7 @@ import pytest
 from parley.providers.base import ChatMessage, ProviderRequest, TextDelta
 from parley.providers.demo import DemoProvider
 from tests.conftest import LiveServer, live_server, make_settings
-from tests.invariants import Frame, TurnSummary, check_turn
+from tests.invariants import check_turn
 from tests.resume_helpers import TEXT, drop, resumed, stored_answer
 from tests.wsclient import ChatClient
 
@@ -31,11 +31,6 @@ async def short_turns(tmp_path: Path, database_url: str | None) -> AsyncIterator
     """SQLite and PostgreSQL, with turns stopped after a second."""
     async with live_server(make_settings(tmp_path, database_url, max_turn_s=1.0)) as live:
         yield live
-
-
-def cancelled_event(turn: TurnSummary) -> Frame:
-    (event,) = [e for e in turn.events if e["type"] == "cancelled"]
-    return event
 
 
 async def streaming(client: ChatClient) -> str:
@@ -93,7 +88,7 @@ async def test_a_turn_past_the_longest_duration_is_stopped_and_stored_cancelled(
         turn = check_turn(await client.events(rid))
     assert turn.kinds[-3:] == ["cancelled", "dbOperationExecuted", "fullProcessComplete"]
     assert turn.status == "cancelled"
-    assert cancelled_event(turn)["code"] == "turn_too_long"
+    assert turn.only("cancelled")["code"] == "turn_too_long"
     assert turn.text and TEXT.startswith(turn.text) and turn.text != TEXT
     assert turn.session_id is not None
     stored = await stored_answer(short_turns, "1", turn.session_id)
@@ -108,7 +103,7 @@ async def test_a_detached_turn_is_stopped_at_the_longest_duration_too(short_turn
     async with await short_turns.client() as again:
         turn = check_turn(await resumed(again, rid, -1))
     assert turn.status == "cancelled"
-    assert cancelled_event(turn)["code"] == "turn_too_long"
+    assert turn.only("cancelled")["code"] == "turn_too_long"
 
 
 async def test_a_cancel_by_the_client_has_no_code(sqlite_server: LiveServer) -> None:
@@ -116,7 +111,7 @@ async def test_a_cancel_by_the_client_has_no_code(sqlite_server: LiveServer) -> 
         rid = await streaming(client)
         await client.send({"type": "cancel", "request_id": rid})
         turn = check_turn(await client.events(rid))
-    assert "code" not in cancelled_event(turn)
+    assert "code" not in turn.only("cancelled")
     assert turn.session_id is not None
     assert (await stored_answer(sqlite_server, "1", turn.session_id))["error_code"] is None
 
