@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from parley.errors import http_status
+
 CODE = "request_too_large"
 
 
@@ -24,7 +26,7 @@ class RequestTooLarge(HTTPException):
     the app's handler answers it (parley/api/errors.py) like any other."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The request body is larger than the limit of {limit:,} bytes.")
+        super().__init__(http_status(CODE), f"The request body is larger than the limit of {limit:,} bytes.")
 
 
 class BodyLimit:
@@ -74,7 +76,7 @@ class BodyLimit:
 
 def _refusal(limit: int) -> JSONResponse:
     detail = RequestTooLarge(limit).detail
-    return JSONResponse({"detail": detail, "code": CODE}, status_code=413)
+    return JSONResponse({"detail": detail, "code": CODE}, status_code=http_status(CODE))
 
 
 def _content_length(scope: Scope) -> int | None:
