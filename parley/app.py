@@ -23,6 +23,7 @@ from parley.api.tools import router as tools_router
 from parley.api.turns import router as turns_router
 from parley.api.websocket import route as websocket_route
 from parley.auth import TokenVerifier
+from parley.cluster import Cluster
 from parley.config import Settings
 from parley.providers.registry import ModelRegistry, build_provider, load_models_file
 from parley.recovery import Lease, new_process_id
@@ -58,9 +59,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 streams = TurnStreams(
                     settings.resume_ttl_s, settings.resume_buffer_bytes, settings.resume_turn_bytes
                 )
-                services = TurnServices(settings, store, registry, streams, supervisor, tools)
+                cluster = None
+                if settings.redis_url:
+                    lease_s, ttl_s = settings.owner_lease_s, settings.resume_ttl_s
+                    cluster = Cluster(settings.redis_url, streams, store, store.owner_id, lease_s, ttl_s)
+                services = TurnServices(settings, store, registry, streams, supervisor, tools, cluster)
                 runtime = Runtime(settings, verifier, services, supervisor, mcp)
-                lease = Lease(store, settings.owner_lease_s, settings.checkpoint_interval_s)
+                lease = Lease(
+                    store,
+                    settings.owner_lease_s,
+                    settings.checkpoint_interval_s,
+                    recover=cluster.recover if cluster is not None else None,
+                )
+                if cluster is not None:
+                    await cluster.start()
                 await lease.start()  # answers left streaming by a crashed process are closed now
                 background = [
                     asyncio.create_task(lease.run(), name="parley-lease"),
@@ -72,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await runtime.supervisor.drain(settings.shutdown_grace_s)
                 finally:
                     await _stop(background)
+                    if cluster is not None:
+                        await cluster.close()  # the turns' last events reach the other processes
                     await lease.stop()
                     await store.close()
         finally:

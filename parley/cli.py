@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
     serve.add_argument("--dev", action="store_true", help="dev mode: generated secret, demo model stand-in")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on the one port (default 1; more need PARLEY_REDIS_URL and PostgreSQL)",
+    )
 
     token = commands.add_parser("token", help="print a signed token for a customer")
     token.add_argument("--customer-id", required=True, help="the customer the token speaks for")
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from parley.app import create_app
     from parley.server import ParleyServer
+    from parley.workers import refusal, run_workers
 
     updates = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     if args.dev:
@@ -56,8 +63,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    refused = refusal(settings, args.workers)
+    if refused is not None:
+        print(f"parley: {refused}", file=sys.stderr)
+        return 2
     try:
-        app = create_app(settings)
+        app = create_app(settings)  # also when the workers build their own: a bad setting fails here, once
     except ValueError as exc:
         print(f"parley: {exc}", file=sys.stderr)
         return 2
@@ -70,6 +81,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             f"Try it:  JWT_TOKEN={token} python tests/manual/test_session_persistence_manual.py\n",
             flush=True,
         )
+    if args.workers > 1:
+        return run_workers(settings, args.workers, updates)
     ParleyServer(app, settings).run()
     return 0
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # A server process renews its lease on the answers it streams every third of this; answers of a
     # process whose lease has run out are closed as interrupted (parley/recovery.py).
     owner_lease_s: float = Field(default=15.0, ge=0.3)
+    # Scale-out: processes given the same PostgreSQL database and this Redis behave as one server
+    # (docs/deploy.md). Unset: turns, their logs and their cancels stay in this process.
+    redis_url: str | None = None
     ws_ping_interval_s: float | None = 20.0
     # A connection whose request head (a WebSocket upgrade, a REST request) is not complete this long after it
     # opened (on a kept-alive connection: after the next request's first byte) is closed (408): a half-open

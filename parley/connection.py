@@ -11,17 +11,20 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
 from parley.auth import Identity
+from parley.cluster import ClusterUnavailable
 from parley.config import Dialect
 from parley.errors import LimitExceeded, ShuttingDown
 from parley.outbox import Outbox
 from parley.protocol import (
     MAX_REQUEST_ID_CHARS,
+    STREAM_EXPIRED,
     CancelFrame,
     ControlType,
     ResumeFrame,
@@ -47,10 +50,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_FLUSH_TIMEOUT_S = 2.0
 IDLE_CHECK_MAX_S = 5.0
-STREAM_EXPIRED = (
-    "That turn cannot be resumed: it is unknown, or its events are no longer kept. Read the session over "
-    "REST instead."
-)
+REPLICA_LAG_S = 2.0  # the longest a resume waits for a replica to reach what the client saw elsewhere
 
 
 def idle_check_interval(idle_timeout_s: float) -> float:
@@ -100,7 +100,8 @@ class Connection:
         self.waiting: list[Turn] = []
         self.current: Turn | None = None
         self.following: dict[TurnLog, Follower] = {}
-        # Resumes waiting for the socket to drain (made on the first: an idle connection holds no set).
+        # Resumes waiting for the socket to drain or for Redis, and cancels waiting for Redis (made on the
+        # first: an idle connection holds no set).
         self._catching_up: set[asyncio.Task[None]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[Any] | None = None
@@ -214,7 +215,17 @@ class Connection:
         found = self.services.streams.find(self.identity.customer_id, cancel.request_id)
         if found is not None and found.cancel is not None:
             found.cancel()  # a turn of this customer's from another connection, followed or not
+        elif found is None and self.services.cluster is not None:
+            self._in_background(self._cancel_elsewhere(cancel.request_id), "cancel")
         # Else no such turn: it raced with completion. Ignored, as the protocol says.
+
+    async def _cancel_elsewhere(self, request_id: str) -> None:
+        """A cancel of a turn that may run on another process (parley/cluster.py)."""
+        assert self.services.cluster is not None
+        try:
+            await self.services.cluster.cancel(self.identity.customer_id, request_id)
+        except ClusterUnavailable as exc:
+            self.send({**frame_error(exc.code, exc.message, exc.stage), "request_id": request_id})
 
     def _cancel_unnamed(self) -> None:
         """``cancel`` without a request_id: this connection's running turn; when it runs none, the running
@@ -259,10 +270,48 @@ class Connection:
             self._refuse_frame(frame, f"Invalid resume frame: {describe_validation_error(exc, frame)}")
             return
         found = self.services.streams.find(self.identity.customer_id, resume.request_id)
+        if found is not None:
+            self._resume(found, resume, frame)
+        elif self.services.cluster is not None:
+            self._in_background(self._resume_elsewhere(resume, frame), "resume")
+        else:
+            self._expired(resume.request_id)
+
+    async def _resume_elsewhere(self, resume: ResumeFrame, frame: dict[str, Any]) -> None:
+        """Resume a turn that may run on another process: followed here through a replica of its log."""
+        assert self.services.cluster is not None
+        try:
+            found = await self.services.cluster.replica(self.identity.customer_id, resume.request_id)
+        except ClusterUnavailable as exc:
+            self.send({**frame_error(exc.code, exc.message, exc.stage), "request_id": resume.request_id})
+            return
         if found is None:
             self._expired(resume.request_id)
-            return
+        elif not self.outbox.detached:
+            self._resume(found, resume, frame)
+
+    async def _resume_when_seen(self, found: TurnLog, resume: ResumeFrame, frame: dict[str, Any]) -> None:
+        """Resume a replica once it has the event the client saw last (or gave up waiting for it)."""
+        assert self.services.cluster is not None
+        await self.services.cluster.caught_up(found, resume.after_seq, REPLICA_LAG_S)
+        if not self.outbox.detached:
+            self._resume(found, resume, frame, waited=True)
+
+    def _in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Work for a control frame that waits on Redis: owned by this connection, cancelled with it."""
+        task = asyncio.create_task(work, name=f"parley-{what}-{self.id}")
+        waiting = self._catching_up = self._catching_up or set()
+        waiting.add(task)
+        task.add_done_callback(waiting.discard)
+
+    def _resume(
+        self, found: TurnLog, resume: ResumeFrame, frame: dict[str, Any], waited: bool = False
+    ) -> None:
         start = found.start(resume.after_seq, self.dialect == "snake")
+        if start is None and found.replica and not found.ended and not waited:
+            # A copy of a turn running elsewhere is a flush behind its owner, whose client may have seen more.
+            self._in_background(self._resume_when_seen(found, resume, frame), "resume")
+            return
         if start is None:
             last = found.next_seq - 1 + (found.ended and self.dialect == "snake")
             beyond = f"after_seq {resume.after_seq} is beyond the turn's last event so far ({last})"
@@ -278,10 +327,7 @@ class Connection:
         if caught_up:
             found.attach(follower)
         else:
-            task = asyncio.create_task(self._catch_up(follower), name=f"parley-resume-{self.id}")
-            waiting = self._catching_up = self._catching_up or set()
-            waiting.add(task)
-            task.add_done_callback(waiting.discard)
+            self._in_background(self._catch_up(follower), "resume")
 
     async def _catch_up(self, follower: Follower) -> None:
         """Replay the rest of a long turn as the socket drains, then follow it live."""

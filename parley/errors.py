@@ -62,6 +62,8 @@ CODES: dict[str, Code] = {
     "interrupted": Code("database", 503),
     # internal
     "server_shutting_down": Code("internal", 503),
+    # scale-out: a turn of another process cannot be reached while Redis is unreachable
+    "cluster_unavailable": Code("internal", 503),
     "internal_error": Code("internal", 500),
 }
 

@@ -200,6 +200,12 @@ def closing_frame(reason: str) -> dict[str, Any]:
     return {"type": "closing", "content": f"Connection closing: {reason}", "reason": reason}
 
 
+STREAM_EXPIRED = (
+    "That turn cannot be resumed: it is unknown, or its events are no longer kept. Read the session over "
+    "REST instead."
+)
+
+
 def frame_error(code: str, message: str, stage: str = "validation") -> dict[str, Any]:
     """An error about a frame that is not a turn (bad JSON, a malformed control frame)."""
     return {"type": "error", "content": message, "stage": stage, "code": code}

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,17 @@ def exited(rows: list[Any], me: ProcessInfo) -> tuple[str, ...]:
 class Lease:
     """This process's lease, renewed in the background, and the sweep for orphaned answers."""
 
-    def __init__(self, store: Store, lease_s: float, checkpoint_interval_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease_s: float,
+        checkpoint_interval_s: float,
+        recover: Callable[[tuple[str, ...]], Awaitable[int]] | None = None,
+    ) -> None:
         self._store = store
+        # With Redis (parley/cluster.py): close the turns of processes seen to have exited from their logs
+        # first, so their clients elsewhere see the end and their answers keep all that was streamed.
+        self._recover = recover
         self._lease_s = lease_s
         # An answer from before owners were recorded is orphaned once it has not been written for longer
         # than any live turn leaves between two checkpoints.
@@ -101,7 +111,10 @@ class Lease:
         try:
             await self._store.run(Renew(self.me), "The lease could not be renewed.")
             rows = await self._store.run(ListProcesses(), "The processes could not be read.")
-            sweep = CloseOrphans(self._lease_s, exited(list(rows), self.me), utcnow() - self._legacy_idle)
+            dead = exited(list(rows), self.me)
+            if dead and self._recover is not None:
+                await self._recover(dead)
+            sweep = CloseOrphans(self._lease_s, dead, utcnow() - self._legacy_idle)
             closed = await self._store.run(sweep, "Orphaned answers could not be closed.")
         except DatabaseFailed as exc:
             log.warning("lease renewal and recovery sweep failed: %s (%r)", exc.message, exc.__cause__)

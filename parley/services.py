@@ -19,6 +19,7 @@ from parley.tasks import Supervisor
 from parley.tools import ToolRegistry
 
 if TYPE_CHECKING:
+    from parley.cluster import Cluster
     from parley.tools import McpManager
 
 
@@ -40,6 +41,7 @@ class TurnServices:
     streams: TurnStreams
     supervisor: Supervisor | None = None  # owns work that outlives a turn (model-written titles)
     tools: ToolRegistry = field(default_factory=ToolRegistry)  # built-ins and MCP tools, for agentic turns
+    cluster: Cluster | None = None  # with PARLEY_REDIS_URL: the other processes' turns (parley/cluster.py)
 
 
 @dataclass
@@ -59,6 +61,10 @@ class Runtime:
     @property
     def streams(self) -> TurnStreams:
         return self.services.streams
+
+    @property
+    def cluster(self) -> Cluster | None:
+        return self.services.cluster
 
 
 def runtime_of(connection: HTTPConnection) -> Runtime:

@@ -99,10 +99,13 @@ class TurnLog:
         "live",
         "message_id",
         "next_seq",
+        "on_urgent",
+        "replica",
         "request_id",
         "session_id",
         "session_seq",
         "stop",
+        "user_message_id",
     )
 
     def __init__(self, streams: TurnStreams, customer_id: str, request_id: str) -> None:
@@ -130,6 +133,11 @@ class TurnLog:
         self.stop: Callable[[str], None] | None = None  # a cancel the server makes, with its reason's code
         self.live: Callable[[], LiveAnswer] | None = None
         self.message_id: uuid.UUID | None = None
+        self.user_message_id: uuid.UUID | None = None
+        # Scale-out (parley/cluster.py): called at an urgent event, so the turn's events reach Redis now;
+        # and whether this log is a copy of a turn that runs in another process (fed from Redis).
+        self.on_urgent: Callable[[], None] | None = None
+        self.replica = False
 
     @property
     def ended(self) -> bool:
@@ -168,6 +176,8 @@ class TurnLog:
             self._seal()
         if kind == _COMPLETE:
             self._end()
+        if urgent and self.on_urgent is not None:
+            self.on_urgent()
         return seq
 
     def set_session(self, session_id: str) -> None:
@@ -221,6 +231,32 @@ class TurnLog:
             body = joined[ends[at - 1] if at else 0 : ends[at]]
         session = self.session_id if seq >= self.session_seq else None
         return self.kinds[index], body, session
+
+    def bodies(self, start: int) -> tuple[bytes, list[str]]:
+        """The kinds and bodies of the kept events from ``start`` on (for Redis). Raises ``Expired``."""
+        if start < self._base:
+            raise Expired
+        kinds = bytes(self.kinds[start - self._base :])
+        bodies: list[str] = []
+        first = bisect_right(self._starts, start) - 1
+        for index in range(max(first, 0), len(self._sealed)):
+            joined, ends = self._sealed[index]
+            chunk_start = self._starts[index]
+            skip = max(start - chunk_start, 0)
+            bounds = [0, *ends]
+            bodies.extend(joined[bounds[i] : bounds[i + 1]] for i in range(skip, len(ends)))
+        opened = self._open_from()
+        bodies.extend(self._open[max(start - opened, 0) :])
+        return kinds, bodies
+
+    def lose(self, frame: str) -> None:
+        """A replica whose source is gone (its events can no longer be had): every follower gets
+        ``frame`` (``stream_expired``) and stops following; the log is forgotten."""
+        followers, self.followers = self.followers, []
+        for follower in followers:
+            follower.out.push(frame)
+            follower.finish()
+        self._streams.forget(self)
 
     def _open_from(self) -> int:
         """The seq of the open chunk's first event."""
@@ -278,6 +314,8 @@ class TurnLog:
         for follower in followers:
             follower.finish()
         self._streams.ended(self)
+        if self.on_urgent is not None:  # the end reaches Redis now, not at the next flush
+            self.on_urgent()
 
 
 def sealed_size(joined: str, ends: array[int]) -> int:
@@ -388,6 +426,7 @@ class TurnStreams:
         self._running: set[TurnLog] = set()
         self._running_by_customer: Counter[str] = Counter()  # of ``_running``
         self._ended: OrderedDict[TurnLog, None] = OrderedDict()  # oldest ended first
+        self.on_open: Callable[[TurnLog], None] | None = None  # scale-out: mirror each new turn to Redis
 
     def __len__(self) -> int:
         return len(self._running) + len(self._ended)
@@ -398,7 +437,27 @@ class TurnStreams:
         self._index[(customer_id, request_id)] = log
         self._running.add(log)
         self._running_by_customer[customer_id] += 1
+        if self.on_open is not None:
+            self.on_open(log)
         return log
+
+    def open_replica(self, customer_id: str, request_id: str, first_seq: int) -> TurnLog:
+        """A copy of a turn running in another process, fed from Redis, whose first kept event is
+        ``first_seq``: found as the turn's own log is, but not one of this process's running turns."""
+        log = TurnLog(self, customer_id, request_id)
+        log.replica = True
+        log._base = log.next_seq = first_seq
+        log._seal_at = first_seq + CHUNK - 1
+        self._index[(customer_id, request_id)] = log
+        return log
+
+    def forget(self, log: TurnLog) -> None:
+        """Drop a log now (a replica given up on)."""
+        self._evict(log)
+
+    def mirrored(self) -> list[TurnLog]:
+        """This process's turns not yet ended (for Redis: their keys are kept alive)."""
+        return list(self._running)
 
     def running(self, customer_id: str) -> int:
         """The customer's turns not yet ended: running, waiting behind another, or just opened."""
@@ -413,8 +472,11 @@ class TurnStreams:
             return None
         return log
 
-    def bind_message(self, log: TurnLog, message_id: uuid.UUID) -> None:
+    def bind_message(
+        self, log: TurnLog, message_id: uuid.UUID, user_message_id: uuid.UUID | None = None
+    ) -> None:
         log.message_id = message_id
+        log.user_message_id = user_message_id
         self._by_message[message_id] = log
 
     def stop_writing(self, customer_id: str, session_id: str | None, message_ids: Iterable[uuid.UUID]) -> int:

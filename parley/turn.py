@@ -176,7 +176,7 @@ class Turn:
             return self._fail(exc)
         self.events.set_session(str(record.session_id))
         answer = self._answer = Answer()
-        self.services.streams.bind_message(self.log, record.ai_message_id)
+        self.services.streams.bind_message(self.log, record.ai_message_id, record.user_message_id)
         self.log.live = self._live
         loop = self._loop = self._tool_loop(request, resolved, tools, record) if tools else None
         try:

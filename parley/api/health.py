@@ -1,4 +1,4 @@
-"""``GET /healthz``: the process is up and its database answers."""
+"""``GET /healthz``: the process is up, its database answers, and (when configured) whether Redis does."""
 
 from __future__ import annotations
 
@@ -22,9 +22,15 @@ async def healthz(runtime: AppRuntime) -> JSONResponse:
         log.exception("health check: database unreachable")
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
     accepting = runtime.supervisor.accepting
-    body = {
+    body: dict[str, object] = {
         "status": "ok" if accepting else "draining",
         "database": "ok",
         "running_turns": len(runtime.supervisor.running),
     }
+    if runtime.cluster is not None:
+        # Redis down, this process still serves its own turns: "degraded", still 200 (docs/deploy.md).
+        reachable = await runtime.cluster.ping()
+        body["redis"] = "ok" if reachable else "unreachable"
+        if not reachable and accepting:
+            body["status"] = "degraded"
     return JSONResponse(body, status_code=200 if accepting else 503)

@@ -15,6 +15,7 @@ from parley.api.deps import AppRuntime, CurrentCustomer
 from parley.api.errors import error_responses
 from parley.api.schemas import (
     ActiveLeafIn,
+    LiveLookup,
     SessionOut,
     SessionPage,
     SessionPatch,
@@ -24,11 +25,31 @@ from parley.api.schemas import (
     UtcDateTime,
 )
 from parley.errors import MessageNotFound, SessionNotFound
-from parley.store.history import SessionFilters
+from parley.services import Runtime
+from parley.store.history import SessionFilters, SessionView
 from parley.store.pagination import decode_session_cursor, encode_session_cursor
 from parley.store.repository import parse_uuid
 
 router = APIRouter(tags=["sessions"])
+
+
+async def live_lookup(runtime: Runtime, customer_id: str, view: SessionView) -> LiveLookup:
+    """How the view's answers still streaming look now: from their turns here, or (with Redis) elsewhere."""
+    here = runtime.streams.live_answer
+    streaming = [m.id for m in view.path if m.status == "streaming" and here(m.id) is None]
+    if runtime.cluster is None or not streaming:
+        return here
+    elsewhere = await runtime.cluster.live_answers(customer_id, streaming)
+    return lambda message_id: here(message_id) or elsewhere.get(message_id)
+
+
+async def stop_writing(
+    runtime: Runtime, customer_id: str, session_id: str | None, message_ids: list[uuid.UUID]
+) -> None:
+    """Stop the turns writing deleted answers: here, and (with Redis) on every other process."""
+    runtime.streams.stop_writing(customer_id, session_id, message_ids)
+    if runtime.cluster is not None:
+        await runtime.cluster.stop_writing(customer_id, session_id, message_ids)
 
 
 def session_key(session_id: str) -> uuid.UUID:
@@ -80,7 +101,7 @@ async def get_session(session_id: str, customer: CurrentCustomer, runtime: AppRu
     includes: render it, then ``resume`` with ``after_seq`` = ``seq`` (docs/protocol.md section 5).
     """
     view = await runtime.store.history.view(customer.customer_id, session_key(session_id))
-    return SessionOut.of(view, runtime.streams.live_answer)
+    return SessionOut.of(view, await live_lookup(runtime, customer.customer_id, view))
 
 
 @router.patch("/sessions/{session_id}", responses=error_responses(400, 404))
@@ -102,7 +123,7 @@ async def delete_session(session_id: str, customer: CurrentCustomer, runtime: Ap
     cancel ends them, their ``cancelled`` event saying ``session_deleted``."""
     key = session_key(session_id)
     await runtime.store.history.delete(customer.customer_id, key)
-    runtime.streams.stop_writing(customer.customer_id, str(key), ())
+    await stop_writing(runtime, customer.customer_id, str(key), [])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -116,7 +137,7 @@ async def switch_branch(
     """
     key, message = session_key(session_id), message_key(body.message_id)
     view = await runtime.store.history.switch(customer.customer_id, key, message)
-    return SessionOut.of(view, runtime.streams.live_answer)
+    return SessionOut.of(view, await live_lookup(runtime, customer.customer_id, view))
 
 
 @router.delete(
@@ -134,5 +155,5 @@ async def delete_message(
     """
     key, message = session_key(session_id), message_key(message_id)
     deleted = await runtime.store.history.delete_subtree(customer.customer_id, key, message)
-    runtime.streams.stop_writing(customer.customer_id, None, deleted)
+    await stop_writing(runtime, customer.customer_id, None, list(deleted))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

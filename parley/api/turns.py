@@ -12,8 +12,10 @@ from pydantic import BaseModel, Field
 
 from parley.api.deps import AppRuntime, CurrentCustomer
 from parley.api.errors import ApiError
+from parley.cluster import ClusterUnavailable
 
 router = APIRouter(tags=["turns"])
+NOT_RUNNING = "No running turn of yours has that request_id."
 
 
 class CancelOut(BaseModel):
@@ -24,7 +26,10 @@ class CancelOut(BaseModel):
 @router.post(
     "/turns/{request_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={404: {"description": "No running turn of yours has that request_id"}},
+    responses={
+        404: {"description": "No running turn of yours has that request_id"},
+        503: {"description": "cluster_unavailable: the turn may run on another process, and Redis is down"},
+    },
 )
 async def cancel_turn(request_id: str, customer: CurrentCustomer, runtime: AppRuntime) -> CancelOut:
     """Stop your running (or waiting) turn with this ``request_id``, whichever connection started it.
@@ -34,7 +39,15 @@ async def cancel_turn(request_id: str, customer: CurrentCustomer, runtime: AppRu
     running (it ended, or never was).
     """
     found = runtime.streams.find(customer.customer_id, request_id)
-    if found is None or found.cancel is None:
-        raise ApiError("turn_not_found", "No running turn of yours has that request_id.")
-    found.cancel()
+    if found is not None and found.cancel is not None and not found.replica:
+        found.cancel()
+    elif runtime.cluster is None or (found is not None and found.ended):
+        raise ApiError("turn_not_found", NOT_RUNNING)
+    else:  # it may run on another process (parley/cluster.py)
+        try:
+            cancelling = await runtime.cluster.cancel(customer.customer_id, request_id)
+        except ClusterUnavailable as exc:
+            raise ApiError(exc.code, exc.message) from None
+        if not cancelling:
+            raise ApiError("turn_not_found", NOT_RUNNING)
     return CancelOut(request_id=request_id, status="cancelling")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -143,9 +143,16 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+MIGRATION_LOCK = 0x7061726C6579  # "parley": the advisory lock key of migrations
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration (``alembic upgrade head``) on this engine."""
+    """Bring the schema to the newest migration (``alembic upgrade head``) on this engine. On PostgreSQL,
+    processes starting together on one database take turns (a transaction-scoped advisory lock), so one
+    migrates and the others find the schema current."""
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await conn.run_sync(_upgrade, engine.url.render_as_string(hide_password=False))
 
 

@@ -6,6 +6,7 @@ hosts whose clocks disagree still agree on who is late), else on this host's (SQ
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,3 +121,31 @@ class Retire:
 
     def __call__(self, conn: Connection) -> None:
         conn.execute(delete(_processes).where(_processes.c.id == self.me))
+
+
+@dataclass(frozen=True)
+class CloseFromLog:
+    """Close an answer whose process died, with the text its turn's log holds (all that was streamed, not
+    just the last checkpoint): status ``error``, error code ``interrupted``. Also over an answer the sweep
+    closed from its checkpoint meanwhile. An answer its process finished is left as it is. Returns the
+    answer's status and error code after, or None when there is no such answer (deleted)."""
+
+    message_id: uuid.UUID
+    content: str | None  # None: keep the stored content (a log that no longer holds the answer's start)
+    reasoning: str | None
+    seq: int  # the turn's last event that ``content`` reflects
+
+    def __call__(self, conn: Connection) -> tuple[str, str | None] | None:
+        closed_from_checkpoint = and_(_messages.c.status == "error", _messages.c.error_code == INTERRUPTED)
+        values: dict[str, Any] = {"status": "error", "error_code": INTERRUPTED, "updated_at": utcnow()}
+        if self.content is not None:
+            values |= {"content": self.content, "reasoning": self.reasoning, "stream_seq": self.seq}
+        conn.execute(
+            update(_messages)
+            .where(_messages.c.id == self.message_id, or_(STREAMING, closed_from_checkpoint))
+            .values(**values)
+        )
+        row = conn.execute(
+            select(_messages.c.status, _messages.c.error_code).where(_messages.c.id == self.message_id)
+        ).first()
+        return None if row is None else (str(row.status), row.error_code)
