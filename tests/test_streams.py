@@ -210,3 +210,36 @@ def test_big_events_seal_their_chunk_early_and_read_back() -> None:
         events.text(piece)
     assert log.bytes > 0  # sealed (and counted) before CHUNK events
     assert [json.loads("{" + log.event(seq)[1] + "}")["content"] for seq in range(10)] == pieces
+
+
+@pytest.mark.parametrize("start", [0, 1, 63, 64, 65, 130, 200, 301])
+def test_the_events_from_any_seq_on_read_back_in_one_piece_for_redis(start: int) -> None:
+    streams, _ = registry()
+    log = turn(streams, deltas=300, end=False)  # sealed chunks of 64 and an open one
+    kinds, bodies = log.bodies(start)
+    assert bodies == [log.event(seq)[1] for seq in range(start, log.next_seq)]
+    assert list(kinds) == [log.event(seq)[0] for seq in range(start, log.next_seq)]
+
+
+def test_events_no_longer_kept_are_not_read_for_redis() -> None:
+    streams, _ = registry(turn_cap=4096)
+    log = turn(streams, deltas=200)
+    with pytest.raises(Expired):
+        log.bodies(0)
+    assert len(log.bodies(log.first_seq)[1]) == log.next_seq - log.first_seq
+
+
+def test_a_replica_starts_where_its_stream_does_and_is_not_a_running_turn_here() -> None:
+    streams, _ = registry()
+    replica = streams.open_replica("c1", "r9", 40)
+    assert streams.find("c1", "r9") is replica and streams.running("c1") == 0
+    assert replica.start(39, snake=False) == (40, False)
+    for n in range(100):
+        replica.append(Kind.TEXT, f'"content":"{n}"')
+    assert replica.event(40)[1] == '"content":"0"' and replica.next_seq == 140
+    with pytest.raises(Expired):
+        replica.event(39)
+    outlet = follow(replica, 100)
+    replica.lose('{"type":"error","code":"stream_expired"}')
+    assert outlet.drain()[-1]["code"] == "stream_expired"
+    assert streams.find("c1", "r9") is None

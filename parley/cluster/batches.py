@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
@@ -65,7 +66,7 @@ def content_of(body: str) -> Any:
     return orjson.loads("{" + body + "}").get("content")
 
 
-def rebuild(events: list[tuple[int, int, str]], seq: int) -> LiveAnswer:
+def rebuild(events: Sequence[tuple[int, int, str]], seq: int) -> LiveAnswer:
     """An answer as its events say it: the text and reasoning deltas, and the tool steps."""
     text: list[str] = []
     reasoning: list[str] = []
