@@ -171,6 +171,7 @@ class StreamDriver:
         self.rec = rec
         self.rng = rng
         self.done = done
+        self.control = client  # where this driver's cancels go: its own connection, or another's
         self.turn: TurnState | None = None
         self.turns = 0
         self.session_id = ""
@@ -273,7 +274,7 @@ class StreamDriver:
             turn.in_flight += delivered
         elif turn.deltas >= turn.cancel_at:
             turn.cancel_sent = time.perf_counter()
-            self.client.send_text(orjson.dumps({"type": "cancel", "request_id": turn.request_id}))
+            self.control.send_text(orjson.dumps({"type": "cancel", "request_id": turn.request_id}))
 
     def _complete(self, turn: TurnState, status: str, now: float) -> None:
         rec = self.rec

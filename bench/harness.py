@@ -31,7 +31,10 @@ from bench.servers import (
     PARLEY_BENCH_SETTINGS,
     PARLEY_KINDS,
     REPO,
+    VARIANTS,
+    Deployment,
     ParleySource,
+    RedisServer,
     Server,
     ServerKind,
     clean_env,
@@ -39,6 +42,7 @@ from bench.servers import (
     pinned_to,
     start_floor,
     start_parley,
+    start_redis,
 )
 
 PLAIN_PROGRESS_EVERY_S = 5.0
@@ -99,6 +103,18 @@ class Context:
     baseline: ParleySource | None = None  # the "baseline" servers' Parley (``--baseline-rev``)
     seed: int = 1
     runs: int = 0
+
+    @property
+    def process_cores(self) -> list[set[int]]:
+        """The cores of a cluster's processes, one each in turn: the first on the server's core, the second
+        on the generator's (a 2-core machine has no other), and so on round robin."""
+        cores = sorted(self.server_cores) + sorted(self.generator_cores - self.server_cores)
+        return [{core} for core in cores]
+
+    @property
+    def all_cores(self) -> set[int]:
+        """Where the run's Redis may run: anywhere the servers and the generator do, like PostgreSQL."""
+        return self.server_cores | self.generator_cores
 
 
 class Live:
@@ -244,27 +260,97 @@ def parley_overrides(scenario: Scenario, ctx: Context) -> dict[str, str]:
 
 def source_of(kind: str, ctx: Context) -> ParleySource:
     """Which Parley a server of ``kind`` runs."""
-    if kind != "baseline":
+    if kind not in VARIANTS or VARIANTS[kind].source != "baseline":
         return ctx.source
     if ctx.baseline is None:
         raise HarnessError("a baseline server, but no baseline revision was exported (--baseline-rev)")
     return ctx.baseline
 
 
-async def start_server(kind: str, scenario: Scenario, ctx: Context, database_url: str | None) -> Server:
+def database_of(kind: str, scenario: Scenario) -> str:
+    """The database a server of ``kind`` runs on in ``scenario``: none for the floor."""
+    if kind not in PARLEY_KINDS:
+        return "none"
+    return VARIANTS[kind].database or scenario.database
+
+
+async def start_server(
+    kind: str,
+    scenario: Scenario,
+    ctx: Context,
+    database_url: str | None,
+    *,
+    cores: set[int] | None = None,
+    secret: str | None = None,
+    redis_url: str | None = None,
+) -> Server:
+    """One server process of ``kind`` (one of a cluster's, with its ``secret`` and ``redis_url``)."""
     if kind == "floor":
         return await asyncio.to_thread(start_floor, ctx.server_cores, ctx.scratch)
     parley: ServerKind = "baseline" if kind == "baseline" else "parley"
+    extra = parley_overrides(scenario, ctx)
+    if redis_url:
+        extra = {**extra, "PARLEY_REDIS_URL": redis_url}
     return await asyncio.to_thread(
         start_parley,
-        ctx.server_cores,
+        cores or ctx.server_cores,
         ctx.scratch,
-        scenario.database,
+        database_of(kind, scenario),
         database_url,
         source_of(kind, ctx),
-        parley_overrides(scenario, ctx),
+        extra,
         kind=parley,
+        secret=secret,
     )
+
+
+async def start_deployment(
+    kind: str, scenario: Scenario, ctx: Context, database_url: str | None
+) -> Deployment:
+    """The servers of ``kind``: one process, or a cluster's (its Redis first, then its processes one after
+    the other, so only the first migrates a fresh database), all with the first one's secret."""
+    variant = VARIANTS.get(kind)
+    if variant is None or (not variant.redis and variant.processes == 1):
+        return Deployment([await start_server(kind, scenario, ctx, database_url)])
+    deployment = Deployment([])
+    try:
+        redis: RedisServer | None = None
+        if variant.redis:
+            redis = await asyncio.to_thread(start_redis, ctx.all_cores, ctx.scratch)
+            deployment.redis = redis
+        cores = ctx.process_cores
+        for index in range(variant.processes):
+            secret = deployment.main.secret if deployment.servers else None
+            server = await start_server(
+                kind,
+                scenario,
+                ctx,
+                database_url,
+                cores=cores[index % len(cores)] if variant.processes > 1 else ctx.server_cores,
+                secret=secret,
+                redis_url=redis.url if redis else None,
+            )
+            deployment.servers.append(server)
+    except BaseException:
+        await asyncio.to_thread(deployment.stop)
+        raise
+    return deployment
+
+
+def deployment_spec(deployment: Deployment, load: dict[str, Any]) -> dict[str, Any]:
+    """Where the generator connects: every connection to the main process, or spread round robin over the
+    processes (``spread``); with a ``remote`` action, its second connections go to the last process. The
+    CPU of the other processes counts as the server's, Redis's is read on its own."""
+    main, others = deployment.main, deployment.servers[1:]
+    spec: dict[str, Any] = {"url": main.ws_url, "server_pid": main.pid}
+    spec["peer_pids"] = [s.pid for s in others]
+    if load.get("spread"):
+        spec["urls"] = [s.ws_url for s in deployment.servers]
+    if load.get("remote_action"):
+        spec["remote_url"] = deployment.servers[-1].ws_url
+    if deployment.redis is not None:
+        spec["redis_pid"] = deployment.redis.pid
+    return spec
 
 
 async def stored_by_parley(
@@ -313,7 +399,7 @@ class Accounting:
 
 
 async def run_case(scenario: Scenario, case: Case, kind: str, ctx: Context) -> RunRecord:
-    database = scenario.database if kind in PARLEY_KINDS else "none"
+    database = database_of(kind, scenario)
     record = RunRecord(scenario.name, case.label, case.level, kind, database)
     if kind in PARLEY_KINDS:
         record.parley_env = parley_overrides(scenario, ctx)
@@ -322,16 +408,12 @@ async def run_case(scenario: Scenario, case: Case, kind: str, ctx: Context) -> R
     started = time.perf_counter()
     accounting = Accounting(watch_postgres=database == "postgres")
     pg = await databases.create_database() if database == "postgres" else None
-    server: Server | None = None
+    deployment: Deployment | None = None
     recording: Recording | None = None
     try:
-        server = await start_server(kind, scenario, ctx, pg.url if pg else None)
-        spec = {
-            **case.load,
-            "url": server.ws_url,
-            "tokens": server.tokens(CUSTOMERS),
-            "server_pid": server.pid,
-        }
+        deployment = await start_deployment(kind, scenario, ctx, pg.url if pg else None)
+        server = deployment.main
+        spec = {**case.load, **deployment_spec(deployment, case.load), "tokens": server.tokens(CUSTOMERS)}
         if kind == "parley" and ctx.profile is not None and scenario.profiled:
             recording = Recording(ctx.profile, server.pid, case_slug(scenario.name, case.label))
         record.load, record.peak_rss = await run_generator({**spec, "seed": ctx.seed}, server, ctx, recording)
@@ -342,24 +424,36 @@ async def run_case(scenario: Scenario, case: Case, kind: str, ctx: Context) -> R
             if recording is not None:  # before the server stops: py-spy is still reading it
                 record.profile = await recording.finish()
         finally:
-            await wind_up(record, server, pg)
+            await wind_up(record, deployment, pg)
     record.wall_s = time.perf_counter() - started
     record.other_cpu_pct, record.interrupt_cpu_pct = accounting.shares()
     return record
 
 
-async def wind_up(record: RunRecord, server: Server | None, pg: databases.PgDatabase | None) -> None:
-    """Stop the server, read its log and what it stored, remove its files and database."""
+def deployment_findings(servers: list[Server]) -> dict[str, Any]:
+    """``log_findings`` of every process, added up (a cluster's samples say which process)."""
+    found: list[dict[str, Any]] = [log_findings(server) for server in servers]
+    if len(found) == 1:
+        return found[0]
+    merged: dict[str, Any] = {k: sum(int(f[k]) for f in found) for k in ("warnings", "errors", "tracebacks")}
+    merged["samples"] = [f"[process {i + 1}] {line}" for i, f in enumerate(found) for line in f["samples"]]
+    return merged
+
+
+async def wind_up(record: RunRecord, deployment: Deployment | None, pg: databases.PgDatabase | None) -> None:
+    """Stop the servers, read their logs and what they stored, remove their files and database."""
     try:
-        if server is not None:
-            record.exit_code = await asyncio.to_thread(server.stop)
-            record.log = log_findings(server)
+        if deployment is not None and deployment.servers:
+            record.exit_code = await asyncio.to_thread(deployment.stop)
+            record.log = deployment_findings(deployment.servers)
+            server = deployment.main
             if server.kind in PARLEY_KINDS and record.load:
                 try:
                     record.stored = await stored_by_parley(server, pg, record.load)
                 except Exception as exc:  # report it; the run's numbers still stand
                     record.stored = {"error": repr(exc)}
-            shutil.rmtree(server.workdir, ignore_errors=True)
+            for each in deployment.servers:
+                shutil.rmtree(each.workdir, ignore_errors=True)
     finally:
         if pg is not None:
             await databases.drop_database(pg)

@@ -30,6 +30,7 @@ import orjson
 from bench.drivers import Recorder, StreamDriver, TurnLoad, Window
 from bench.frames import chat_request, new_request_id
 from bench.metrics import cpu_seconds, postgres_cpu_seconds, raise_nofile_limit, rss_bytes, slope, summary
+from bench.remote import RemoteDriver
 from bench.replay import AccountingDriver, LiveTurn, Ping, Replay, TurnOwner, first_difference
 from bench.wsclient import Payload, WsClient, open_client
 
@@ -76,6 +77,13 @@ class Spec:
     midturn_resumes: int = 10  # resume: resumes of each, from fresh connections
     midturn_delay_ms: float = 2.0
     retain_phases: list[list[int]] = field(default_factory=list)  # retain: [turns, deltas] per phase
+    urls: list[str] = field(default_factory=list)  # stream: connections round robin over these (or `url`)
+    peer_pids: list[int] = field(default_factory=list)  # the cluster's other processes: server CPU too
+    redis_pid: int = 0  # its Redis: CPU read on its own
+    spread: bool = False  # (read by the harness: connect to every process of a cluster, into `urls`)
+    remote_action: Literal["", "cancel", "resume"] = ""  # stream: sent on a second connection, elsewhere
+    remote_url: str = ""  # where the second connections go (another process of the cluster)
+    remote_fraction: float = 0.0  # resume: of the turns, resumed at a random delta on the second connection
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -95,8 +103,11 @@ class Spec:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
-    def url_for(self, index: int) -> str:
-        return f"{self.url}?token={self.tokens[index % len(self.tokens)]}" if self.tokens else self.url
+    def url_for(self, index: int, base: str = "") -> str:
+        """Connection ``index``'s URL: round robin over ``urls`` (else ``url``), unless ``base`` is given,
+        with its customer's token (round robin over the tokens)."""
+        base = base or (self.urls[index % len(self.urls)] if self.urls else self.url)
+        return f"{base}?token={self.tokens[index % len(self.tokens)]}" if self.tokens else base
 
     @property
     def turn_load(self) -> TurnLoad:
@@ -112,29 +123,45 @@ class Spec:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """CPU readings at one instant: the server's, the generator's own, PostgreSQL's (when watched)."""
+    """CPU readings at one instant: the server's (every process of a cluster, the main one first), the
+    generator's own, PostgreSQL's (when watched), Redis's (when there is one)."""
 
     at: float
-    server_cpu: float
+    server_each: tuple[float, ...]
     own_cpu: float
     db_cpu: float
+    redis_cpu: float = 0.0
+
+    @property
+    def server_cpu(self) -> float:
+        return sum(self.server_each)
 
     @classmethod
     def take(cls, spec: Spec) -> Snapshot:
         db = postgres_cpu_seconds() if spec.watch_postgres else 0.0
-        return cls(time.perf_counter(), cpu_seconds(spec.server_pid), time.process_time(), db)
+        servers = tuple(cpu_seconds(pid) for pid in (spec.server_pid, *spec.peer_pids))
+        redis = cpu_seconds(spec.redis_pid) if spec.redis_pid else 0.0
+        return cls(time.perf_counter(), servers, time.process_time(), db, redis)
 
 
-def usage_between(a: Snapshot, b: Snapshot) -> dict[str, float]:
+def usage_between(a: Snapshot, b: Snapshot) -> dict[str, Any]:
     wall = b.at - a.at
-    return {
+    usage: dict[str, Any] = {
         "window_s": wall,
         "server_cpu_s": b.server_cpu - a.server_cpu,
         "server_cpu_pct": 100 * (b.server_cpu - a.server_cpu) / wall,
         "gen_cpu_s": b.own_cpu - a.own_cpu,
         "gen_cpu_pct": 100 * (b.own_cpu - a.own_cpu) / wall,
         "db_cpu_s": b.db_cpu - a.db_cpu,
+        "db_cpu_pct": 100 * (b.db_cpu - a.db_cpu) / wall,
     }
+    if len(b.server_each) > 1:
+        pairs = zip(a.server_each, b.server_each, strict=True)
+        usage["server_cpu_each_pct"] = [100 * (y - x) / wall for x, y in pairs]
+    if b.redis_cpu:
+        usage["redis_cpu_s"] = b.redis_cpu - a.redis_cpu
+        usage["redis_cpu_pct"] = 100 * (b.redis_cpu - a.redis_cpu) / wall
+    return usage
 
 
 @dataclass
@@ -174,16 +201,22 @@ class Progress:
 
 
 async def open_many(
-    spec: Spec, first: int, count: int, rec: Recorder, progress: Progress, customer: int | None = None
+    spec: Spec,
+    first: int,
+    count: int,
+    rec: Recorder,
+    progress: Progress,
+    customer: int | None = None,
+    base: str = "",
 ) -> list[WsClient]:
     """Open ``count`` connections, ``connect_concurrency`` handshakes at a time; failures are errors. Their
-    customers' tokens go round robin from ``first``, or all are ``customer``'s."""
+    customers' tokens go round robin from ``first``, or all are ``customer``'s; to ``base`` if given."""
     gate = asyncio.Semaphore(spec.connect_concurrency)
 
     async def one(index: int) -> WsClient | None:
         async with gate:
             try:
-                url = spec.url_for(index if customer is None else customer)
+                url = spec.url_for(index if customer is None else customer, base)
                 client = await open_client(url, spec.connect_timeout_s)
             except Exception as exc:  # refused, timed out, a non-101 answer: all count as connect errors
                 rec.error("connect failed", repr(exc))
@@ -226,7 +259,7 @@ def start_drivers(
     return drivers
 
 
-async def measure_window(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, float]:
+async def measure_window(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, Any]:
     """Warm up, then read CPU at the window's edges; the window is ``rec.window``."""
     progress.phase = "warmup"
     await asyncio.sleep(spec.warmup_s)
@@ -245,12 +278,17 @@ async def finish_drivers(drivers: list[StreamDriver], spec: Spec) -> None:
         await asyncio.wait([d.done for d in drivers], timeout=spec.turn_timeout_s + 5)
 
 
-def throughput(rec: Recorder, usage: dict[str, float]) -> dict[str, Any]:
+def throughput(rec: Recorder, usage: dict[str, Any]) -> dict[str, Any]:
     """Rates in the window. Deltas are the model's (text characters ÷ delta size), frames the ``text``
     events that carried them: the same count unless the server coalesces."""
     window = usage["window_s"]
     deltas, frames, completed = rec.deltas_window, rec.frames_window, rec.completed_window
+    per_delta = {}
+    for what in ("gen", "db", "redis"):
+        if f"{what}_cpu_s" in usage and deltas:
+            per_delta[f"{what}_cpu_per_delta_us"] = 1e6 * usage[f"{what}_cpu_s"] / deltas
     return {
+        **per_delta,
         "deltas_per_s": deltas / window,
         "frames_per_s": frames / window,
         "deltas_per_frame": deltas / frames if frames else math.nan,
@@ -266,20 +304,94 @@ def throughput(rec: Recorder, usage: dict[str, float]) -> dict[str, Any]:
 
 async def run_stream(spec: Spec, rec: Recorder, progress: Progress) -> dict[str, Any]:
     clients = await open_many(spec, 0, spec.connections, rec, progress)
+    remotes: list[WsClient] = []
+    if spec.remote_action:  # each connection's twin, same customer, on another process
+        remotes = await open_remotes(spec, clients, rec, progress)
     rec.window.planned_end = time.perf_counter() + spec.warmup_s + spec.measure_s
-    drivers = start_drivers(clients, spec.turn_load, rec, spec, spec.start_spread_s)
+    if remotes:
+        drivers: list[StreamDriver] = start_remote_drivers(clients, remotes, rec, spec)
+    else:
+        drivers = start_drivers(clients, spec.turn_load, rec, spec, spec.start_spread_s)
     guard = asyncio.create_task(watchdog(drivers, spec.turn_timeout_s))
     try:
         usage = await measure_window(spec, rec, progress)
         await finish_drivers(drivers, spec)
+        await finish_replays(drivers, spec, rec)
     finally:
         guard.cancel()
     progress.phase = "close"
-    await close_all(clients)
-    result = {"open": len(clients), **usage, **throughput(rec, usage), **rec.report()}
+    await close_all(clients + remotes)
+    result = {"open": len(clients) + len(remotes), **usage, **throughput(rec, usage), **rec.report()}
     if spec.cancel_fraction > 0:
         result["cancel"] = rec.cancel_report()
+    if spec.remote_action == "resume":
+        result["remote_resume"] = remote_resume_report(drivers, rec)
     return result
+
+
+async def open_remotes(
+    spec: Spec, clients: list[WsClient], rec: Recorder, progress: Progress
+) -> list[WsClient]:
+    """A second connection per connection, of the same customer, to ``remote_url``: every one must open
+    (a missing twin would shift the pairs), else none is used and the run says so."""
+    if len(clients) != spec.connections:
+        rec.error("remote connections", "not every connection opened: no remote actions in this run")
+        return []
+    remotes = await asyncio.gather(
+        *(open_many(spec, i, 1, rec, progress, base=spec.remote_url) for i in range(len(clients)))
+    )
+    if all(remotes):
+        return [r[0] for r in remotes]
+    rec.error("remote connections", "not every second connection opened: no remote actions in this run")
+    await close_all([r[0] for r in remotes if r])
+    return []
+
+
+def start_remote_drivers(
+    clients: list[WsClient], remotes: list[WsClient], rec: Recorder, spec: Spec
+) -> list[StreamDriver]:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(spec.seed)
+    drivers: list[StreamDriver] = []
+    for client, remote in zip(clients, remotes, strict=True):
+        driver = RemoteDriver(
+            client,
+            remote,
+            spec.remote_action,
+            spec.remote_fraction,
+            spec.turn_load,
+            rec,
+            random.Random(rng.random()),
+            loop.create_future(),
+        )
+        loop.call_later(rng.uniform(0, spec.start_spread_s), driver.start)
+        drivers.append(driver)
+    return drivers
+
+
+async def finish_replays(drivers: list[StreamDriver], spec: Spec, rec: Recorder) -> None:
+    """The remote resumes still following their turns (behind the turns' own connections) end too."""
+    pending = [r.done for d in drivers if isinstance(d, RemoteDriver) for r in d.replays if not r.done.done()]
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=spec.turn_timeout_s)
+        if late:
+            rec.error("remote resume did not end", f"{len(late)} never read their turn's last event")
+
+
+def remote_resume_report(drivers: list[StreamDriver], rec: Recorder) -> dict[str, Any]:
+    """The resumes sent on the second connections in the window: time to the first replayed event, to the
+    event the turn's own connection had read when it was sent, and whether each read the whole turn."""
+    remote = [d for d in drivers if isinstance(d, RemoteDriver)]
+    sent = [(d, r) for d in remote for r in d.replays if rec.window.inside(r.sent)]
+    replays = [r for _, r in sent]
+    whole = sum(d.whole(r) for d, r in sent)
+    lags = [lag for d, r in sent if not math.isnan(lag := d.lag_ms(r))]
+    return {
+        **replay_summary(replays, whole),
+        "sent": sum(len(d.replays) for d in remote),
+        "refused": sum(bool(r.refused) for r in replays),
+        "lag_ms": summary(lags),
+    }
 
 
 async def one_turn(spec: Spec, rec: Recorder, progress: Progress) -> None:

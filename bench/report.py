@@ -33,10 +33,17 @@ from bench.results import (
 from bench.servers import PARLEY_BENCH_SETTINGS
 from bench.targets import (
     LOG_CPU_LIMIT,
+    REDIS_CPU_LIMIT,
+    REMOTE_MS,
+    SCALE_LIMIT,
+    best_of_each,
     fine_times,
-    log_cpu_pairs,
+    machine_cpu_pct,
     median,
+    paired,
     rss_growth,
+    scaleout_cpu_levels,
+    scaleout_wide_level,
     verdicts,
 )
 
@@ -324,12 +331,16 @@ def section_sweep_postgres(res: Results) -> list[str]:
     if skipped:
         return [title, "", f"Skipped: {skipped}", ""]
     n = res.levels("sweep-postgres")[0]
+    sqlite = res.find("sweep-postgres", "sqlite", n)
     runs = (
         ("floor (from the sweep)", res.find("sweep", "floor", n)),
-        ("Parley, SQLite (from the sweep)", res.find("sweep", "parley", n)),
+        (
+            "Parley, SQLite" + (" (from the sweep)" if sqlite is None else ""),
+            sqlite or res.find("sweep", "parley", n),
+        ),
         ("Parley, PostgreSQL", res.find("sweep-postgres", "parley", n)),
     )
-    rows = [[name, *latency_cells(rec)] for name, rec in runs]
+    rows = [[name, *latency_cells(rec)] for name, rec in runs if rec is not None or "floor" not in name]
     head = [
         "",
         "`working` p50 / p99",
@@ -340,8 +351,8 @@ def section_sweep_postgres(res: Results) -> list[str]:
         "errors",
     ]
     intro = [
-        f"{n} unpaced streams as in the sweep, with Parley on PostgreSQL: how much of the time to first text "
-        "is SQLite's (one writer at a time) rather than Parley's own.",
+        f"{n} unpaced streams as in the sweep, with Parley on PostgreSQL and on SQLite, back to back: how "
+        "much of the time to first text is SQLite's (one writer at a time) rather than Parley's own.",
         "",
     ]
     return [title, "", *intro, *table(head, rows)]
@@ -613,69 +624,7 @@ def resume_cpu(res: Results) -> list[str]:
     levels = res.mode_levels("resume", "stream")
     if not levels:
         return []
-    head = [
-        "case",
-        "server",
-        "deltas/s",
-        "server CPU / delta",
-        "÷ floor",
-        "÷ baseline",
-        "first `text` p50 / p99",
-        "server CPU",
-        "generator CPU",
-        "limited by",
-        "other processes",
-        "errors",
-    ]
-    rows, revisions = [], {}
-    for level in levels:
-        runs = {kind: {r.repeat: r for r in res.runs("resume", kind, level)} for kind in NAMES}
-        repeats = sorted({n for by_repeat in runs.values() for n in by_repeat})
-        for repeat in repeats:
-            floor, baseline = runs["floor"].get(repeat), runs["baseline"].get(repeat)
-            for kind in ("floor", "baseline", "parley"):
-                rec = runs[kind].get(repeat)
-                if rec is None:
-                    continue
-                if rec.revision:
-                    revisions[kind] = rec.revision
-                cpu = value(rec, "server_cpu_per_delta_us")
-                by_baseline = ratio(cpu, value(baseline, "server_cpu_per_delta_us"))
-                rows.append(
-                    [
-                        rec.label + (f", run {repeat + 1}" if len(repeats) > 1 else ""),
-                        NAMES[kind],
-                        rate(value(rec, "deltas_per_s")),
-                        us(cpu),
-                        times(ratio(cpu, value(floor, "server_cpu_per_delta_us"))),
-                        times(by_baseline) if kind == "parley" else "",
-                        f"{ms(value(rec, 'ttft_ms', 'p50'))} / {ms(value(rec, 'ttft_ms', 'p99'))}",
-                        pct(value(rec, "server_cpu_pct")),
-                        pct(value(rec, "gen_cpu_pct")),
-                        limit_of(rec),
-                        pct(rec.other_cpu_pct if rec.other_cpu_pct is not None else math.nan),
-                        errors_of(rec),
-                    ]
-                )
-        pairs = log_cpu_pairs(res, level)
-        if len(pairs) > 1:
-            label = next(iter(runs["parley"].values())).label if runs["parley"] else str(level)
-            ratios = [r for _, _, r in pairs]
-            rows.append(
-                [f"{label}: median", "Parley ÷ baseline", "", "", "", fine_times(median(ratios)), *[""] * 6]
-            )
-            best = [min((p[i] for p in pairs if not math.isnan(p[i])), default=math.nan) for i in (0, 1)]
-            rows.append(
-                [
-                    f"{label}: best of each",
-                    "Parley ÷ baseline",
-                    "",
-                    "",
-                    "",
-                    fine_times(ratio(*best)),
-                    *[""] * 6,
-                ]
-            )
+    rows, revisions = cpu_runs(res, "resume", levels, ("floor", "baseline", "parley"), "baseline")
     which = "; ".join(f"{NAMES[k]}: {v}" for k, v in revisions.items())
     return [
         "CPU per delta, the same unpaced case on the floor, on Parley without the turn logs (`baseline`) and "
@@ -686,8 +635,75 @@ def resume_cpu(res: Results) -> list[str]:
         "the pairs' ratios is shown too). Other processes: the CPU the rest of the machine used during the "
         "run (noise).",
         "",
-        *table(head, rows),
+        *table([h.format(versus="baseline") for h in CPU_HEAD], rows),
     ]
+
+
+CPU_HEAD = [
+    "case",
+    "server",
+    "deltas/s",
+    "server CPU / delta",
+    "÷ floor",
+    "÷ {versus}",
+    "first `text` p50 / p99",
+    "server CPU",
+    "generator CPU",
+    "limited by",
+    "other processes",
+    "errors",
+]
+
+
+def cpu_runs(
+    res: Results, scenario: str, levels: list[int], kinds: tuple[str, ...], versus: str
+) -> tuple[list[list[str]], dict[str, str]]:
+    """One row per run of each CPU case (repeat by repeat, ``kinds`` in turn), with the last kind ÷ the
+    floor and ÷ ``versus``; then, with repeats, the median of the pairs' ratios and the ratio of the
+    best of each. Also the revision each kind ran."""
+    rows, revisions = [], {}
+    top = kinds[-1]
+    for level in levels:
+        runs = {kind: {r.repeat: r for r in res.runs(scenario, kind, level)} for kind in kinds}
+        repeats = sorted({n for by_repeat in runs.values() for n in by_repeat})
+        for repeat in repeats:
+            floor, other = runs.get("floor", {}).get(repeat), runs[versus].get(repeat)
+            for kind in kinds:
+                rec = runs[kind].get(repeat)
+                if rec is None:
+                    continue
+                if rec.revision:
+                    revisions[kind] = rec.revision
+                cpu = value(rec, "server_cpu_per_delta_us")
+                rows.append(
+                    [
+                        rec.label + (f", run {repeat + 1}" if len(repeats) > 1 else ""),
+                        NAMES[kind],
+                        rate(value(rec, "deltas_per_s")),
+                        us(cpu),
+                        times(ratio(cpu, value(floor, "server_cpu_per_delta_us"))),
+                        times(ratio(cpu, value(other, "server_cpu_per_delta_us"))) if kind == top else "",
+                        f"{ms(value(rec, 'ttft_ms', 'p50'))} / {ms(value(rec, 'ttft_ms', 'p99'))}",
+                        pct(value(rec, "server_cpu_pct")),
+                        pct(value(rec, "gen_cpu_pct")),
+                        limit_of(rec),
+                        pct(rec.other_cpu_pct if rec.other_cpu_pct is not None else math.nan),
+                        errors_of(rec),
+                    ]
+                )
+        pairs = paired(res, scenario, level, top, versus)
+        if len(pairs) > 1:
+            label = next(iter(runs[top].values())).label if runs[top] else str(level)
+            versus_name = f"{NAMES[top]} ÷ {NAMES[versus]}"
+            rows.append(
+                [f"{label}: median", versus_name, *[""] * 3, fine_times(median([r for *_, r in pairs]))]
+            )
+            rows[-1] += [""] * 6
+            rows.append(
+                [f"{label}: best of each", versus_name, *[""] * 3, fine_times(ratio(*best_of_each(pairs)))]
+            )
+            rows[-1] += [""] * 6
+    return rows, revisions
 
 
 def resume_replay(res: Results) -> list[str]:
@@ -806,6 +822,175 @@ def resume_memory(res: Results) -> list[str]:
         "",
     ]
     return ["Memory per retained ended turn:", "", *table(head, rows), *notes]
+
+
+def section_scaleout(res: Results) -> list[str]:
+    """Redis scale-out: CPU per delta with Redis beside without it, 2 processes beside 1, and cancels and
+    resumes sent on the process that does not run the turn."""
+    if not res.has("scaleout"):
+        return []
+    return [
+        "## Scale-out: Redis and several processes",
+        "",
+        *scenario_intro(res, "scaleout"),
+        *scaleout_cpu(res),
+        *scaleout_wide(res),
+        *scaleout_remote(res),
+    ]
+
+
+def scaleout_cpu(res: Results) -> list[str]:
+    levels = scaleout_cpu_levels(res)
+    if not levels:
+        return []
+    rows, _ = cpu_runs(res, "scaleout", levels, ("parley", "redis"), "parley")
+    redis = []
+    for level in levels:
+        runs = [value(r, "redis_cpu_per_delta_us") for r in res.runs("scaleout", "redis", level)]
+        runs = [x for x in runs if not math.isnan(x)]
+        if runs:
+            spread = us(runs[0]) if len(runs) == 1 else f"{us(min(runs))}–{us(max(runs))}"
+            redis.append(f"{spread} ({res.runs('scaleout', 'redis', level)[0].label})")
+    return [
+        "CPU per delta of the one Parley process, without Redis (Parley) and with `PARLEY_REDIS_URL` "
+        "(Parley + Redis), both on PostgreSQL, back to back. Target: with ÷ without ≤ "
+        f"{REDIS_CPU_LIMIT:.2f}, judged on each server's lowest CPU per delta over the runs (as in "
+        f"`resume`). Redis's own CPU is not in it; per delta it was {'; '.join(redis) or '–'}.",
+        "",
+        *table(
+            [h.format(versus="Parley") for h in CPU_HEAD if h != "÷ floor"], [r[:4] + r[5:] for r in rows]
+        ),
+    ]
+
+
+def scaleout_wide(res: Results) -> list[str]:
+    wide = scaleout_wide_level(res)
+    if wide is None:
+        return []
+    head = [
+        "run",
+        "processes",
+        "deltas/s",
+        "server CPU (each process)",
+        "server CPU / delta",
+        "generator CPU (/ delta)",
+        "PostgreSQL CPU",
+        "Redis CPU",
+        "all of these",
+        "+ other processes, interrupts",
+        "first `text` p50 / p99",
+        "errors",
+    ]
+    rows = []
+    for kind in ("redis", "cluster"):
+        for rec in res.runs("scaleout", kind, wide):
+            each = rec.load.get("server_cpu_each_pct")
+            rows.append(
+                [
+                    str(rec.repeat + 1),
+                    "2" if kind == "cluster" else "1",
+                    rate(value(rec, "deltas_per_s")),
+                    pct(value(rec, "server_cpu_pct"))
+                    + (f" ({' + '.join(pct(x) for x in each)})" if each else ""),
+                    us(value(rec, "server_cpu_per_delta_us")),
+                    f"{pct(value(rec, 'gen_cpu_pct'))} ({us(value(rec, 'gen_cpu_per_delta_us'))})",
+                    pct(value(rec, "db_cpu_pct")),
+                    pct(value(rec, "redis_cpu_pct")),
+                    pct(machine_cpu_pct(rec)),
+                    pct(machine_cpu_pct(rec, everything=True)),
+                    f"{ms(value(rec, 'ttft_ms', 'p50'))} / {ms(value(rec, 'ttft_ms', 'p99'))}",
+                    errors_of(rec),
+                ]
+            )
+    pairs = paired(res, "scaleout", wide, "cluster", "redis", "deltas_per_s")
+    best = best_of_each(pairs, most=True)
+    cpu = paired(res, "scaleout", wide, "cluster", "redis")
+    lows = best_of_each(cpu)
+    notes = [
+        f"{wide} unpaced streams on one Parley process with Redis, then on two processes sharing PostgreSQL "
+        f"and Redis (connections alternate between the two ports). Target: 2 processes ≥ {SCALE_LIMIT:g} × "
+        f"the deltas/s of 1 (best of each over the runs: {fine_times(ratio(*best))}). **The load generator "
+        "shares this machine's two cores**: with one process it has a core to itself beside the server; with "
+        "two, the second process runs on the generator's core, and PostgreSQL and Redis run wherever there "
+        "is room. *All of these* adds up the servers, the generator, PostgreSQL and Redis, of the 200% the "
+        "two cores have; then what the rest of the machine used (other processes, over the whole run, and "
+        "interrupts): near 200% the figure is the machine's limit, not Parley's. Server CPU per delta "
+        f"(lowest of each) 2 processes ÷ 1: {fine_times(ratio(*lows))}: near 1.00× a process costs what it "
+        "did alone, and deltas/s grow with the cores given to the servers.",
+        "",
+    ]
+    return [f"{wide} unpaced streams, 1 process and 2:", "", *table(head, rows), *notes]
+
+
+def scaleout_remote(res: Results) -> list[str]:
+    cancel = next(iter(res.with_spec("scaleout", "cluster", remote_action="cancel")), None)
+    resume = next(iter(res.with_spec("scaleout", "cluster", remote_action="resume")), None)
+    if cancel is None and resume is None:
+        return []
+    lines = []
+    if cancel is not None:
+        check = (cancel.stored or {}).get("cancel") or {}
+        head = [
+            "cancels measured",
+            "cancel (on B) → `cancelled` (on A) p50 / p99 / max",
+            "deltas in flight p50 / max",
+            "deltas after `cancelled`",
+            "raced completion",
+            "partial answers stored",
+            "deltas/s",
+            "server CPU A + B",
+            "errors",
+        ]
+        each = cancel.load.get("server_cpu_each_pct") or []
+        row = [
+            num(value(cancel, "cancel", "measured"), 0),
+            " / ".join(ms(value(cancel, "cancel", "latency_ms", q)) for q in ("p50", "p99", "max")),
+            " / ".join(num(value(cancel, "cancel", "in_flight", q), 0) for q in ("p50", "max")),
+            num(value(cancel, "cancel", "after_cancelled"), 0),
+            num(value(cancel, "cancel", "raced_completion"), 0),
+            f"{check['matched']}/{check['checked']}" if check else "–",
+            rate(value(cancel, "deltas_per_s")),
+            " + ".join(pct(x) for x in each) or "–",
+            errors_of(cancel),
+        ]
+        lines += ["Cancels sent on the other process (B) of turns running on A:", "", *table(head, [row])]
+    if resume is not None:
+        head = [
+            "resumes measured",
+            "first replayed event p50 / p99 / max",
+            "caught up with A p50 / p99",
+            "events replayed p50",
+            "read whole",
+            "refused",
+            "B's last event after A's, p50 / max",
+            "deltas/s",
+            "server CPU A + B",
+            "errors",
+        ]
+        each = resume.load.get("server_cpu_each_pct") or []
+        key = "remote_resume"
+        row = [
+            num(value(resume, key, "resumes"), 0),
+            " / ".join(ms(value(resume, key, "first_ms", q)) for q in ("p50", "p99", "max")),
+            f"{ms(value(resume, key, 'replay_ms', 'p50'))} / {ms(value(resume, key, 'replay_ms', 'p99'))}",
+            num(value(resume, key, "events", "p50"), 0),
+            f"{num(value(resume, key, 'identical'), 0)}/{num(value(resume, key, 'resumes'), 0)}",
+            num(value(resume, key, "refused"), 0),
+            f"{ms(value(resume, key, 'lag_ms', 'p50'))} / {ms(value(resume, key, 'lag_ms', 'max'))}",
+            rate(value(resume, "deltas_per_s")),
+            " + ".join(pct(x) for x in each) or "–",
+            errors_of(resume),
+        ]
+        lines += ["Resumes (`after_seq: -1`) sent on B of turns running on A:", "", *table(head, [row])]
+    lines += [
+        f"Targets: cancel → `cancelled` ≤ {REMOTE_MS:g} ms p99; resume → first replayed event ≤ "
+        f"{REMOTE_MS:g} ms p50. The cancel's time runs from sending it on B to reading `cancelled` on A (B "
+        "follows nothing and gets nothing). A resume's *caught up*: sent → the event A had last read when it "
+        "was sent; *read whole*: B read as many events of the turn as A did, to its last; one resume at a "
+        "time per B connection.",
+        "",
+    ]
+    return lines
 
 
 def observations(res: Results) -> list[str]:
@@ -970,6 +1155,11 @@ def section_settings(meta: dict[str, Any]) -> list[str]:
         "PARLEY_JWT_SECRET": "(random per run)",
         "PARLEY_DATA_DIR": "(fresh per run)",
         "PARLEY_DATABASE_URL": "unset (SQLite in the data dir) / postgresql://…/parley_bench_<random>",
+        **(
+            {"PARLEY_REDIS_URL": "unset / redis://127.0.0.1:<free port>/0 (scaleout: redis, cluster)"}
+            if "scaleout" in (meta.get("scenarios") or {})
+            else {}
+        ),
         **(meta.get("parley_env") or {}),
     }
     lines = ["## Settings", "", "Parley's environment (anything else is Parley's default):", ""]
@@ -1199,6 +1389,7 @@ def render(
         *section_persist(res),
         *section_slow(res),
         *section_resume(res),
+        *section_scaleout(res),
         *observations(res),
         *section_charts(charts),
         *section_profile(res, meta),

@@ -13,7 +13,14 @@ from bench.scenarios import PACED_DELAY_MS
 GENERATOR_BOUND_PCT = 90.0
 SERVER_BOUND_PCT = 90.0
 PACED_RATE = 1000 / PACED_DELAY_MS
-NAMES = {"floor": "floor", "parley": "Parley", "baseline": "baseline"}
+NAMES = {
+    "floor": "floor",
+    "parley": "Parley",
+    "baseline": "baseline",
+    "sqlite": "Parley, SQLite",
+    "redis": "Parley + Redis",
+    "cluster": "2 processes + Redis",
+}
 
 
 def value(record: RunRecord | None, *path: str) -> float:
@@ -45,6 +52,17 @@ class Results:
             if same and record.ok and record.load.get("mode") == mode:
                 return record
         return None
+
+    def with_spec(self, scenario: str, server: str, **spec: Any) -> list[RunRecord]:
+        """The measured runs of a scenario on a server whose generator ran with these settings."""
+        return [
+            r
+            for r in self.records
+            if r.scenario == scenario
+            and r.server == server
+            and r.ok
+            and all((r.load.get("spec") or {}).get(k) == v for k, v in spec.items())
+        ]
 
     def mode_levels(self, scenario: str, mode: str) -> list[int]:
         """The levels of a scenario's cases whose generator ran in ``mode``."""

@@ -30,7 +30,7 @@ from bench.machine import describe, git_revision
 from bench.metrics import raise_nofile_limit
 from bench.profiling import PROFILE_DIR, RATE_HZ, ProfileSetup, find_py_spy, py_spy_version
 from bench.report import render
-from bench.results import ms, rate, size, us, value
+from bench.results import ms, num, rate, size, us, value
 from bench.scenarios import SCENARIOS, Scenario, plan
 from bench.servers import DEFAULT_BASELINE_REV, REPO, ParleySource, export_revision
 
@@ -203,6 +203,11 @@ def summary_line(record: RunRecord) -> str:
             )
         if "cancel" in record.load:
             parts.append(f"cancel p50 {ms(value(record, 'cancel', 'latency_ms', 'p50'))}")
+        if "remote_resume" in record.load:
+            first = value(record, "remote_resume", "first_ms", "p50")
+            parts.append(
+                f"resume first p50 {ms(first)} ({num(value(record, 'remote_resume', 'resumes'), 0)})"
+            )
     parts += [
         f"generator CPU {value(record, 'gen_cpu_pct'):.0f}%",
         f"errors {int(value(record, 'error_total'))}",

@@ -92,16 +92,18 @@ def coalesce(quick: bool) -> Scenario:
 
 
 def sweep_postgres(quick: bool) -> Scenario:
-    """The sweep's 100-stream case with Parley on PostgreSQL: how much of the time to first text is SQLite."""
+    """The sweep's 100-stream case with Parley on PostgreSQL, beside Parley on SQLite in the same run: how
+    much of the time to first text is SQLite's."""
     n = 50 if quick else 100
     timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
     return Scenario(
         "sweep-postgres",
         f"Unpaced, {n} streams, Parley on PostgreSQL",
-        "The sweep's case again with Parley on PostgreSQL (the floor has no database: see the sweep).",
+        "The sweep's case again with Parley on PostgreSQL, and on SQLite (`sqlite`) back to back with it, "
+        "so the two times to first text are of the same run (the floor has no database: see the sweep).",
         [Case(f"{n} streams", n, _stream(n, chunks=200, start_spread_s=1.0, **timing))],
         database="postgres",
-        servers=("parley",),
+        servers=("sqlite", "parley"),
     )
 
 
@@ -250,6 +252,68 @@ def resume(quick: bool) -> Scenario:
     )
 
 
+def scaleout(quick: bool) -> Scenario:
+    """Redis scale-out (parley/cluster.py), all on PostgreSQL: (1) CPU per delta with ``PARLEY_REDIS_URL``
+    ÷ without it; (2) deltas/s of 2 processes ÷ 1; (3) cancel and resume sent on the process that does not
+    run the turn."""
+    n, wide = (50, 100) if quick else (100, 200)
+    single_timing = {"warmup_s": 0.5, "measure_s": 2.0} if quick else {"warmup_s": 1.0, "measure_s": 6.0}
+    sweep_timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
+    remote_timing = {"warmup_s": 1.0, "measure_s": 3.0} if quick else {"warmup_s": 2.0, "measure_s": 12.0}
+    repeats = 1 if quick else 5  # the CPU cases: take each server's lowest of the repeats, as `resume` does
+    wide_repeats = 1 if quick else 3
+    streams = {"chunks": 200, "start_spread_s": 1.0, "watch_postgres": True}
+    cases = [
+        Case(
+            "1 stream, 200 deltas",
+            1,
+            _stream(1, chunks=200, start_spread_s=0.0, watch_postgres=True, **single_timing),
+            servers=("parley", "redis"),
+            repeats=repeats,
+        ),
+        Case(f"{n} streams", n, _stream(n, **streams, **sweep_timing), ("parley", "redis"), repeats),
+        Case(
+            f"{wide} streams, over the processes",
+            wide,
+            _stream(wide, spread=True, **streams, **sweep_timing),
+            servers=("redis", "cluster"),
+            repeats=wide_repeats,
+        ),
+        Case(
+            f"{n} streams, cancels on the other process",
+            n,
+            _stream(n, cancel_fraction=0.1, remote_action="cancel", **streams, **remote_timing),
+            servers=("cluster",),
+        ),
+        Case(
+            f"{n} streams, resumes on the other process",
+            n,
+            _stream(n, remote_action="resume", remote_fraction=0.1, **streams, **remote_timing),
+            servers=("cluster",),
+        ),
+    ]
+    return Scenario(
+        "scaleout",
+        "Scale-out: Redis and several processes",
+        "Parley on PostgreSQL throughout, so only Redis and the process count differ. `parley`: one "
+        "process without Redis; `redis`: one process with `PARLEY_REDIS_URL` (a `redis-server` of the "
+        "run's own, fresh each run, unpinned); `cluster`: two processes sharing the database, Redis and "
+        "the JWT secret, the first on the server's core and the second on the generator's (this machine "
+        "has two). (1) CPU per delta, `redis` ÷ `parley`: single stream 200-delta turns and "
+        f"{n} unpaced streams, back to back"
+        + (f", {repeats} times over (fresh servers each time)" if repeats > 1 else "")
+        + f". (2) {wide} unpaced streams, `cluster` (connections round robin over both processes) ÷ "
+        f"`redis`. (3) {n} unpaced streams on the first process, each with a second connection of the "
+        "same customer to the second process: 10% of the turns are cancelled at a random delta by a "
+        "`cancel` sent there (`cancelled` arrives on the first); or 10% are resumed there with "
+        "`after_seq: -1` at a random delta, and followed to their end. Not profiled with `--profile`.",
+        cases,
+        database="postgres",
+        servers=("parley", "redis", "cluster"),
+        profiled=False,
+    )
+
+
 SCENARIOS = (
     "single",
     "sweep",
@@ -262,6 +326,7 @@ SCENARIOS = (
     "persist-postgres",
     "slow",
     "resume",
+    "scaleout",
 )
 
 
@@ -279,6 +344,7 @@ def build(name: str, quick: bool) -> Scenario:
         "idle": idle,
         "slow": slow,
         "resume": resume,
+        "scaleout": scaleout,
     }
     return builders[name](quick)
 

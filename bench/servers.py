@@ -29,10 +29,32 @@ from bench.metrics import raise_nofile_limit
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
-ServerKind = Literal["floor", "parley", "baseline"]
-# The servers that are Parley: "parley" (the working tree, or ``--parley-rev``) and "baseline"
-# (``--baseline-rev``: the code to compare it with side by side, in the `resume` scenario).
-PARLEY_KINDS = frozenset({"parley", "baseline"})
+ServerKind = Literal["floor", "parley", "baseline", "sqlite", "redis", "cluster"]
+Source = Literal["parley", "baseline"]
+CLUSTER_PROCESSES = 2  # the "cluster" kind's `parley serve` processes
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a Parley kind of server is: which code, on which database, with Redis, how many processes."""
+
+    source: Source = "parley"  # "parley": the working tree (or ``--parley-rev``); "baseline": --baseline-rev
+    database: str | None = None  # None: the scenario's; "sqlite": SQLite whatever the scenario's is
+    redis: bool = False  # with ``PARLEY_REDIS_URL`` (a redis-server of the run's own)
+    processes: int = 1  # `parley serve` processes sharing the database and Redis (one JWT secret)
+
+
+# The servers that are Parley. "baseline" is the code to compare with side by side (the `resume`
+# scenario); "sqlite" is Parley on SQLite beside the scenario's PostgreSQL (`sweep-postgres`); "redis" and
+# "cluster" are scale-out (`scaleout`): one process with Redis, and processes sharing PostgreSQL + Redis.
+VARIANTS: dict[str, Variant] = {
+    "parley": Variant(),
+    "baseline": Variant(source="baseline"),
+    "sqlite": Variant(database="sqlite"),
+    "redis": Variant(redis=True),
+    "cluster": Variant(redis=True, processes=CLUSTER_PROCESSES),
+}
+PARLEY_KINDS = frozenset(VARIANTS)
 DEFAULT_BASELINE_REV = "0a9d2ec"  # the code before the turn event logs (parley/streams.py)
 
 # What the harness sets besides host, port, secret, data dir and database; the report prints these.
@@ -157,16 +179,7 @@ class Server:
 
     def stop(self) -> int | None:
         """SIGTERM, wait, SIGKILL if needed; return the exit code."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -227,11 +240,13 @@ def start_parley(
     source: ParleySource,
     extra_env: Mapping[str, str],
     kind: ServerKind = "parley",
+    secret: str | None = None,
 ) -> Server:
-    """Parley from ``source``; ``kind`` "baseline" when it is the revision to compare with."""
+    """Parley from ``source``; ``kind`` "baseline" when it is the revision to compare with. Processes of
+    one cluster are given the same ``secret`` (a token minted for one is good on all)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=scratch))
     port = free_port()
-    secret = secrets.token_urlsafe(48)
+    secret = secret or secrets.token_urlsafe(48)
     env = parley_env(port, secret, workdir / "data", database_url, extra_env)
     log_path = workdir / "server.log"
     command = [sys.executable, "-m", "parley", "serve"]
@@ -239,6 +254,85 @@ def start_parley(
     server = Server(kind, proc, port, log_path, workdir, secret, database, database_url, env, source.path)
     server.wait_ready()
     return server
+
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` of the run's own (no persistence), on a free port, in its own session; stopped by
+    its pid. Unpinned, like PostgreSQL: it runs on any of ``cores``."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        stop_process(self.proc)
+        raise RuntimeError(f"redis-server did not answer on port {self.port}: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+
+
+def start_redis(cores: set[int], scratch: Path) -> RedisServer:
+    workdir = Path(tempfile.mkdtemp(prefix="redis-", dir=scratch))
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+    command += ["no", "--dir", str(workdir)]
+    log_path = workdir / "redis.log"
+    redis = RedisServer(spawn(command, os.environ.copy(), workdir, log_path, cores), port, log_path)
+    redis.wait_ready()
+    return redis
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> int | None:
+    """SIGTERM by pid, wait, SIGKILL if needed; the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    return proc.returncode
+
+
+@dataclass
+class Deployment:
+    """The servers of one run: one server, or the processes of a cluster (the first is the main one: its
+    pid is the live line's and its port the generator's default), and their Redis if they have one."""
+
+    servers: list[Server]
+    redis: RedisServer | None = None
+
+    @property
+    def main(self) -> Server:
+        return self.servers[0]
+
+    def stop(self) -> int | None:
+        """Stop every process (Redis last); the first nonzero exit code of the servers, else the main's."""
+        codes = [server.stop() for server in self.servers]
+        if self.redis is not None:
+            stop_process(self.redis.proc)
+        return next((c for c in codes if c), codes[0] if codes else None)
 
 
 def log_findings(server: Server, samples: int = 8) -> dict[str, object]:

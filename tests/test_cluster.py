@@ -62,6 +62,11 @@ async def test_a_turn_on_one_process_is_resumed_on_two_others_and_cancelled_from
     rid = await starter.chat("Count", options=SLOW)
     await until_seq(starter, rid, 30)
 
+    stranger = await cluster.client(b.ws_url, customer())
+    await stranger.send(resume_frame(rid, -1))  # another customer's turn is one that does not exist
+    refused = await stranger.next_other()
+    assert (refused["code"], refused["request_id"]) == ("stream_expired", rid)
+    await stranger.close()
     await on_b.send(resume_frame(rid, 10))  # from the middle, camel
     await on_c.send(resume_frame(rid, -1))  # from the start, snake
     await until_seq(on_b, rid, 60)

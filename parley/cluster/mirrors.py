@@ -58,26 +58,41 @@ class Mirrors:
         self.running_ttl_ms = int((resume_ttl_s + lease_s) * 1000)
         self.ended_ttl_ms = int(resume_ttl_s * 1000)
         self.turns: dict[TurnLog, Mirror] = {}
+        self._urgent: dict[TurnLog, None] = {}  # turns with an urgent event to send now, in order
         self._wake = asyncio.Event()
 
     def add(self, turn_log: TurnLog) -> None:
         """A new turn of this process (``TurnStreams.on_open``)."""
         self.turns[turn_log] = Mirror()
-        turn_log.on_urgent = self._wake.set
+        turn_log.on_urgent = lambda: self._urge(turn_log)
+
+    def _urge(self, turn_log: TurnLog) -> None:
+        self._urgent[turn_log] = None
+        self._wake.set()
 
     async def run(self) -> None:
-        """Flush every ``FLUSH_S`` while turns run (at once when woken), until cancelled."""
+        """Flush every turn every ``FLUSH_S`` while turns run, and a turn with an urgent event at once (that
+        turn alone: at 100 streams, flushing all at every urgent event made an append per 6 deltas)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             if not self.turns:
                 await self._wake.wait()
-            elif not self._wake.is_set():
+                due = loop.time() + FLUSH_S
+            else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), FLUSH_S)
+                    await asyncio.wait_for(self._wake.wait(), max(due - loop.time(), 0))
             self._wake.clear()
             pause = self.link.retry_at - time.monotonic()
             if pause > 0:  # Redis was unreachable a moment ago
                 await asyncio.sleep(pause)
-            await self.flush()
+            if loop.time() >= due:
+                self._urgent.clear()
+                due = loop.time() + FLUSH_S
+                await self.flush()
+            elif self._urgent:
+                urgent, self._urgent = list(self._urgent), {}
+                await self.flush(urgent)
 
     async def drain(self, timeout_s: float) -> None:
         """Flush until Redis has every event (the turns have ended), for at most ``timeout_s``."""
@@ -87,9 +102,14 @@ class Mirrors:
             if self.turns:
                 await asyncio.sleep(FLUSH_S)
 
-    async def flush(self) -> None:
-        """Send every mirrored turn's new events, in one pipeline."""
-        pending = [p for p in (self._pending(t, m) for t, m in list(self.turns.items())) if p is not None]
+    async def flush(self, only: list[TurnLog] | None = None) -> None:
+        """Send the new events of every mirrored turn (or of ``only`` these), in one pipeline."""
+        turns = (
+            list(self.turns.items())
+            if only is None
+            else [(t, self.turns[t]) for t in only if t in self.turns]
+        )
+        pending = [p for p in (self._pending(t, m) for t, m in turns) if p is not None]
         if not pending:
             return
         try:
@@ -116,11 +136,11 @@ class Mirrors:
         if turn_log.ended and turn_log.first_seq >= upto and mirror.flushed < upto:
             self._forget(turn_log)  # evicted before Redis had it all (down all along): nothing to send
             return None
-        if mirror.flushed >= upto and not mirror.reset:
-            return None
         message = None
         if turn_log.message_id is not None and not mirror.message_sent:
-            message = str(turn_log.message_id)
+            message = str(turn_log.message_id)  # sent at once: REST elsewhere finds the answer by it
+        if mirror.flushed >= upto and not mirror.reset and message is None:
+            return None
         return Pending(turn_log, mirror, upto, turn_log.ended, message)
 
     def _queue(self, pipe: Any, item: Pending) -> None:
