@@ -215,7 +215,7 @@ class Connection:
         found = self.services.streams.find(self.identity.customer_id, cancel.request_id)
         if found is not None and found.cancel is not None:
             found.cancel()  # a turn of this customer's from another connection, followed or not
-        elif found is None and self.services.cluster is not None:
+        elif self.services.cluster is not None and (found is None or (found.replica and not found.ended)):
             self._in_background(self._cancel_elsewhere(cancel.request_id), "cancel")
         # Else no such turn: it raced with completion. Ignored, as the protocol says.
 
@@ -236,6 +236,8 @@ class Connection:
         for followed in list(self.following):
             if followed.cancel is not None:
                 followed.cancel()
+            elif followed.replica and not followed.ended:  # it runs on another process
+                self._in_background(self._cancel_elsewhere(followed.request_id), "cancel")
 
     # -- following turns ---------------------------------------------------------------------------------
 

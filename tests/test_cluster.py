@@ -229,6 +229,7 @@ async def test_sigterm_drains_the_owner_and_followers_elsewhere_see_the_end(clus
     exit_code = asyncio.create_task(cluster.terminate(a))
     summary = check_turn(await follower.events(rid, timeout=30))
     assert (summary.status, summary.text) == ("completed", TEXT)  # drained: the turn finished
+    assert check_turn(await starter.events(rid)).events == summary.events  # its own client got it all too
     assert await exit_code == 0
     await follower.close()
     await starter.close()

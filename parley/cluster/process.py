@@ -38,7 +38,7 @@ class Cluster:
         self.lease_s = lease_s
         self.link = Link(url)
         self.mirrors = Mirrors(self.link, process_id, lease_s, resume_ttl_s)
-        self.replicas = Replicas(self.link, streams, lease_s, self.cancel)
+        self.replicas = Replicas(self.link, streams, lease_s)
         self.takeover = Takeover(self.link, store, process_id, lease_s, self.mirrors.ended_ttl_ms)
         self._tasks: list[asyncio.Task[None]] = []
         streams.on_open = self.mirrors.add

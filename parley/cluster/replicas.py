@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -35,12 +35,10 @@ class Replicas:
         link: Link,
         streams: TurnStreams,
         lease_s: float,
-        cancel: Callable[[str, str], Coroutine[Any, Any, bool]],
     ) -> None:
         self.link = link
         self.streams = streams
         self.lease_s = lease_s
-        self._cancel = cancel
         self.tasks: set[asyncio.Task[None]] = set()
         self._arrivals: dict[TurnLog, asyncio.Event] = {}  # replicas a resume waits on (``caught_up``)
 
@@ -61,7 +59,6 @@ class Replicas:
         if not meta or b"base" not in meta:
             return None
         replica = self.streams.open_replica(customer_id, request_id, int(meta[b"base"]))
-        replica.cancel = lambda: self._own(self._cancel_quietly(replica), "parley-cluster-cancel")
         last_id = b"0-0"
         for entry_id, fields in entries:
             last_id = entry_id
@@ -148,11 +145,6 @@ class Replicas:
     def _lose(self, replica: TurnLog) -> None:
         frame = {**frame_error("stream_expired", STREAM_EXPIRED), "request_id": replica.request_id}
         replica.lose(encode(frame))
-
-    async def _cancel_quietly(self, replica: TurnLog) -> None:
-        """A cancel on this process of a turn that runs on another (a replica's ``cancel``)."""
-        with contextlib.suppress(ClusterUnavailable):
-            await self._cancel(replica.customer_id, replica.request_id)
 
     def _own(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """A task of this process's replicas: cancelled and awaited by ``close``."""
