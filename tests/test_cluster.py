@@ -42,9 +42,25 @@ async def follow(client: ChatClient, request_id: str, after_seq: int, timeout: f
     return await client.events(request_id, timeout)
 
 
-async def stored(server: ServeProcess, cluster: Cluster, who: str, session_id: str) -> dict[str, Any]:
+def rest(server: ServeProcess, cluster: Cluster, who: str) -> httpx.AsyncClient:
+    """REST on ``server`` as ``who``."""
     headers = {"Authorization": f"Bearer {cluster.token(who)}"}
-    async with httpx.AsyncClient(base_url=server.http_url, headers=headers, timeout=10) as http:
+    return httpx.AsyncClient(base_url=server.http_url, headers=headers, timeout=10)
+
+
+async def streaming(
+    cluster: Cluster, server: ServeProcess, who: str, seq: int
+) -> tuple[ChatClient, str, str]:
+    """A slow turn started on ``server`` and read up to ``seq``: its client, request_id and session id."""
+    starter = await cluster.client(server.ws_url, who)
+    rid = await starter.chat("Count", options=SLOW)
+    await until_seq(starter, rid, seq)
+    session_id = next(f["session_id"] for f in starter.turns[rid] if "session_id" in f)
+    return starter, rid, session_id
+
+
+async def stored(server: ServeProcess, cluster: Cluster, who: str, session_id: str) -> dict[str, Any]:
+    async with rest(server, cluster, who) as http:
         response = await http.get(f"/api/v1/sessions/{session_id}")
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()["messages"][-1]
@@ -128,12 +144,8 @@ async def test_a_client_that_moves_to_another_process_every_few_events_misses_no
 async def test_rest_on_another_process_shows_the_live_partial_and_cancels_the_turn(cluster: Cluster) -> None:
     a, b = await cluster.spawn_many("a", "b")
     who = customer()
-    starter = await cluster.client(a.ws_url, who)
-    rid = await starter.chat("Count", options=SLOW)
-    await until_seq(starter, rid, 40)
-    session_id = next(f["session_id"] for f in starter.turns[rid] if "session_id" in f)
-    headers = {"Authorization": f"Bearer {cluster.token(who)}"}
-    async with httpx.AsyncClient(base_url=b.http_url, headers=headers, timeout=10) as http:
+    starter, rid, session_id = await streaming(cluster, a, who, 40)
+    async with rest(b, cluster, who) as http:
         live = (await http.get(f"/api/v1/sessions/{session_id}")).json()["messages"][-1]
         assert live["status"] == "streaming"
         assert live["seq"] >= 30, "what the owner had sent a flush ago, not the last checkpoint"
@@ -238,12 +250,8 @@ async def test_sigterm_drains_the_owner_and_followers_elsewhere_see_the_end(clus
 async def test_deleting_the_session_on_another_process_stops_the_turn_writing_it(cluster: Cluster) -> None:
     a, b = await cluster.spawn_many("a", "b")
     who = customer()
-    starter = await cluster.client(a.ws_url, who)
-    rid = await starter.chat("Count", options=SLOW)
-    await until_seq(starter, rid, 10)
-    session_id = next(f["session_id"] for f in starter.turns[rid] if "session_id" in f)
-    headers = {"Authorization": f"Bearer {cluster.token(who)}"}
-    async with httpx.AsyncClient(base_url=b.http_url, headers=headers, timeout=10) as http:
+    starter, rid, session_id = await streaming(cluster, a, who, 10)
+    async with rest(b, cluster, who) as http:
         assert (await http.delete(f"/api/v1/sessions/{session_id}")).status_code == 204
     cancelled = await starter.wait_for(rid, "cancelled", timeout=5)
     assert cancelled["code"] == "session_deleted"
