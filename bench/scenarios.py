@@ -253,7 +253,7 @@ def resume(quick: bool) -> Scenario:
 
 
 def scaleout(quick: bool) -> Scenario:
-    """Redis scale-out (parley/cluster.py), all on PostgreSQL: (1) CPU per delta with ``PARLEY_REDIS_URL``
+    """Redis scale-out (parley/cluster/), all on PostgreSQL: (1) CPU per delta with ``PARLEY_REDIS_URL``
     ÷ without it; (2) deltas/s of 2 processes ÷ 1; (3) cancel and resume sent on the process that does not
     run the turn."""
     n, wide = (50, 100) if quick else (100, 200)

@@ -64,7 +64,7 @@ class Connection:
     the turns it follows (its own, and those it resumed)."""
 
     __slots__ = (
-        "_catching_up",
+        "_background",
         "_last_active",
         "_reader",
         "_worker",
@@ -100,9 +100,9 @@ class Connection:
         self.waiting: list[Turn] = []
         self.current: Turn | None = None
         self.following: dict[TurnLog, Follower] = {}
-        # Resumes waiting for the socket to drain or for Redis, and cancels waiting for Redis (made on the
-        # first: an idle connection holds no set).
-        self._catching_up: set[asyncio.Task[None]] | None = None
+        # Control frames' work that waits: resumes on the socket to drain or on Redis, cancels on Redis (made
+        # on the first: an idle connection holds no set).
+        self._background: set[asyncio.Task[None]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[Any] | None = None
         self._last_active = asyncio.get_running_loop().time()
@@ -220,12 +220,16 @@ class Connection:
         # Else no such turn: it raced with completion. Ignored, as the protocol says.
 
     async def _cancel_elsewhere(self, request_id: str) -> None:
-        """A cancel of a turn that may run on another process (parley/cluster.py)."""
+        """A cancel of a turn that may run on another process (parley/cluster/)."""
         assert self.services.cluster is not None
         try:
             await self.services.cluster.cancel(self.identity.customer_id, request_id)
         except ClusterUnavailable as exc:
-            self.send({**frame_error(exc.code, exc.message, exc.stage), "request_id": request_id})
+            self._unavailable(exc, request_id)
+
+    def _unavailable(self, exc: ClusterUnavailable, request_id: str) -> None:
+        """A turn of another process cannot be reached now (Redis is down): said with its request_id."""
+        self.send({**frame_error(exc.code, exc.message, exc.stage), "request_id": request_id})
 
     def _cancel_unnamed(self) -> None:
         """``cancel`` without a request_id: this connection's running turn; when it runs none, the running
@@ -285,7 +289,7 @@ class Connection:
         try:
             found = await self.services.cluster.replica(self.identity.customer_id, resume.request_id)
         except ClusterUnavailable as exc:
-            self.send({**frame_error(exc.code, exc.message, exc.stage), "request_id": resume.request_id})
+            self._unavailable(exc, resume.request_id)
             return
         if found is None:
             self._expired(resume.request_id)
@@ -302,7 +306,7 @@ class Connection:
     def _in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
         """Work for a control frame that waits on Redis: owned by this connection, cancelled with it."""
         task = asyncio.create_task(work, name=f"parley-{what}-{self.id}")
-        waiting = self._catching_up = self._catching_up or set()
+        waiting = self._background = self._background or set()
         waiting.add(task)
         task.add_done_callback(waiting.discard)
 
@@ -370,7 +374,7 @@ class Connection:
         """The socket is gone: stop following (the turns go on; a disconnect is a detach)."""
         for follower in list(self.following.values()):
             self._unfollow(follower)
-        waiting = list(self._catching_up or ())
+        waiting = list(self._background or ())
         for task in waiting:
             task.cancel()
         for task in waiting:

@@ -86,7 +86,7 @@ class Lease:
         recover: Callable[[tuple[str, ...]], Awaitable[int]] | None = None,
     ) -> None:
         self._store = store
-        # With Redis (parley/cluster.py): close the turns of processes seen to have exited from their logs
+        # With Redis (parley/cluster/): close the turns of processes seen to have exited from their logs
         # first, so their clients elsewhere see the end and their answers keep all that was streamed.
         self._recover = recover
         self._lease_s = lease_s

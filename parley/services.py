@@ -41,7 +41,7 @@ class TurnServices:
     streams: TurnStreams
     supervisor: Supervisor | None = None  # owns work that outlives a turn (model-written titles)
     tools: ToolRegistry = field(default_factory=ToolRegistry)  # built-ins and MCP tools, for agentic turns
-    cluster: Cluster | None = None  # with PARLEY_REDIS_URL: the other processes' turns (parley/cluster.py)
+    cluster: Cluster | None = None  # with PARLEY_REDIS_URL: the other processes' turns (parley/cluster/)
 
 
 @dataclass

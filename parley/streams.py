@@ -134,7 +134,7 @@ class TurnLog:
         self.live: Callable[[], LiveAnswer] | None = None
         self.message_id: uuid.UUID | None = None
         self.user_message_id: uuid.UUID | None = None
-        # Scale-out (parley/cluster.py): called at an urgent event, so the turn's events reach Redis now;
+        # Scale-out (parley/cluster/): called at an urgent event, so the turn's events reach Redis now;
         # and whether this log is a copy of a turn that runs in another process (fed from Redis).
         self.on_urgent: Callable[[], None] | None = None
         self.replica = False
@@ -454,10 +454,6 @@ class TurnStreams:
     def forget(self, log: TurnLog) -> None:
         """Drop a log now (a replica given up on)."""
         self._evict(log)
-
-    def mirrored(self) -> list[TurnLog]:
-        """This process's turns not yet ended (for Redis: their keys are kept alive)."""
-        return list(self._running)
 
     def running(self, customer_id: str) -> int:
         """The customer's turns not yet ended: running, waiting behind another, or just opened."""

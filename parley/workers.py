@@ -2,7 +2,7 @@
 
 The parent binds the socket and starts each worker with it (the ``spawn`` start method: a fresh
 interpreter, nothing inherited but the socket), so the kernel spreads connections over the workers. The
-workers share nothing in memory: they are the processes of a cluster (parley/cluster.py), which is why N > 1
+workers share nothing in memory: they are the processes of a cluster (parley/cluster/), which is why N > 1
 needs Redis and PostgreSQL. SIGTERM or SIGINT to the parent is passed to every worker (as SIGTERM), and each
 drains its turns as a lone server would; a worker that dies otherwise is started again, and a worker whose
 parent was killed outright drains and exits.
@@ -95,7 +95,7 @@ def run_workers(settings: Settings, workers: int, updates: dict[str, Any]) -> in
     finally:
         for process in processes:
             if process.is_alive() and process.pid is not None:
-                with_signal(process.pid, signal.SIGTERM)
+                send_signal(process.pid, signal.SIGTERM)
         for process in processes:
             process.join()
         for sig, handler in previous.items():
@@ -104,7 +104,7 @@ def run_workers(settings: Settings, workers: int, updates: dict[str, Any]) -> in
     return 0 if all(p.exitcode == 0 for p in processes) else 1
 
 
-def with_signal(pid: int, sig: signal.Signals) -> None:
+def send_signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 

@@ -35,12 +35,11 @@ router = APIRouter(tags=["sessions"])
 
 async def live_lookup(runtime: Runtime, customer_id: str, view: SessionView) -> LiveLookup:
     """How the view's answers still streaming look now: from their turns here, or (with Redis) elsewhere."""
-    here = runtime.streams.live_answer
-    streaming = [m.id for m in view.path if m.status == "streaming" and here(m.id) is None]
-    if runtime.cluster is None or not streaming:
-        return here
-    elsewhere = await runtime.cluster.live_answers(customer_id, streaming)
-    return lambda message_id: here(message_id) or elsewhere.get(message_id)
+    live = {m.id: runtime.streams.live_answer(m.id) for m in view.path if m.status == "streaming"}
+    elsewhere = [message_id for message_id, answer in live.items() if answer is None]
+    if runtime.cluster is not None and elsewhere:
+        live |= await runtime.cluster.live_answers(customer_id, elsewhere)
+    return live.get
 
 
 async def stop_writing(

@@ -43,7 +43,7 @@ async def cancel_turn(request_id: str, customer: CurrentCustomer, runtime: AppRu
         found.cancel()
     elif runtime.cluster is None or (found is not None and found.ended):
         raise ApiError("turn_not_found", NOT_RUNNING)
-    else:  # it may run on another process (parley/cluster.py)
+    else:  # it may run on another process (parley/cluster/)
         try:
             cancelling = await runtime.cluster.cancel(customer.customer_id, request_id)
         except ClusterUnavailable as exc:

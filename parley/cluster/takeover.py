@@ -39,7 +39,6 @@ class Takeover:
         self.me = me
         self.lease_s = lease_s
         self.ended_ttl_ms = ended_ttl_ms
-        self.closed = 0  # turns of dead processes this one closed, in all
 
     async def recover(self, exited: tuple[str, ...] = ()) -> int:
         """Close the turns of every process silent for three quarters of the lease, and of ``exited``.
@@ -61,7 +60,6 @@ class Takeover:
                 log.warning("could not close the turns of process %s: %s", process_id, exc)
         if closed:
             log.warning("closed %d turn(s) of server processes that stopped, from their logs", closed)
-            self.closed += closed
         return closed
 
     async def _recover_process(self, process_id: str) -> int:
