@@ -10,11 +10,8 @@ from tests.conftest import LiveServer
 
 
 async def test_no_per_token_writes(server: LiveServer) -> None:
-    """Counted as write transactions (each turn write is one), and on PostgreSQL also as statements.
-
-    The SQLite writer runs prepared statements on the raw cursor, past SQLAlchemy's statement events, but
-    its transactions still begin through SQLAlchemy.
-    """
+    """Counted as write transactions (each turn write is one) and as statements (the writers' prepared
+    statements are reported to ``before_cursor_execute`` listeners too)."""
     writes: list[str] = []
     transactions: list[str] = []
 
@@ -26,10 +23,8 @@ async def test_no_per_token_writes(server: LiveServer) -> None:
         transactions.append("BEGIN")
 
     engine = server.store.write_engine
-    statements = engine.dialect.driver != "pysqlite"
     event.listen(engine, "begin", begin)
-    if statements:
-        event.listen(engine, "before_cursor_execute", count)
+    event.listen(engine, "before_cursor_execute", count)
     try:
         async with await server.client() as client:
             # 300 deltas over about 1.5 s: per-token writes would show as hundreds of UPDATEs.
@@ -37,13 +32,11 @@ async def test_no_per_token_writes(server: LiveServer) -> None:
             summary = await client.turn(rid)
     finally:
         event.remove(engine, "begin", begin)
-        if statements:
-            event.remove(engine, "before_cursor_execute", count)
+        event.remove(engine, "before_cursor_execute", count)
     assert summary.status == "completed"
     assert len([e for e in summary.events if e["type"] == "text"]) == 300
     # The start, the end, and at most a few checkpoints (about one per second of streaming).
     assert 2 <= len(transactions) <= 6, transactions
-    if statements:
-        message_updates = [w for w in writes if w.startswith("UPDATE chat_messages")]
-        assert 1 <= len(message_updates) <= 5, writes
-        assert len(writes) <= 12, writes
+    message_updates = [w for w in writes if w.startswith("UPDATE chat_messages")]
+    assert 1 <= len(message_updates) <= 5, writes
+    assert len(writes) <= 12, writes

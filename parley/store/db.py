@@ -41,12 +41,12 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 IDLE_PING_AFTER_S = 10.0
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, pool_size: int = 20, max_overflow: int = 10) -> AsyncEngine:
     """An async engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         # Overflow connections are opened and closed again per burst: that churn cost more than queueing.
-        engine = create_async_engine(url, pool_size=20, max_overflow=10)
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         event.listen(engine.sync_engine, "checkin", _note_idle)
         event.listen(engine.sync_engine, "checkout", _ping_if_idle)
         return engine

@@ -7,8 +7,9 @@ Here a statement is compiled once per set of parameter names, with SQLAlchemy's 
 processors (so values are stored exactly as ``Connection.execute`` would store them: the same UUID and
 datetime formats, JSON encoding), and then each execution is the cursor call alone.
 
-Only for SQLite (``qmark`` parameters), on a connection whose transaction SQLAlchemy already manages; any
-other dialect goes through ``Connection.execute`` unchanged.
+For SQLite (``qmark`` parameters) and asyncpg (``$1``: its cursor adapter prepares each statement once per
+connection), on a connection whose transaction SQLAlchemy already manages; other drivers go through
+``Connection.execute`` unchanged. ``before_cursor_execute`` listeners still see each statement.
 """
 
 from __future__ import annotations
@@ -67,10 +68,10 @@ class Statements:
     """Prepared statements of one connection's dialect, by statement and parameter names."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[int, tuple[str, ...]], tuple[ClauseElement, Prepared]] = {}
+        self._cache: dict[tuple[int, str, tuple[str, ...]], tuple[ClauseElement, Prepared]] = {}
 
     def prepare(self, conn: Connection, statement: ClauseElement, params: Params) -> Prepared:
-        key = (id(statement), tuple(params))
+        key = (id(statement), conn.dialect.name, tuple(params))
         hit = self._cache.get(key)
         if hit is None or hit[0] is not statement:
             hit = self._cache[key] = (statement, Prepared(statement, conn.dialect, list(params)))
@@ -94,6 +95,10 @@ class Statements:
     def _run(conn: Connection, prepared: Prepared, method: str, args: Any) -> tuple[list[Any], int]:
         dbapi = conn.dialect.loaded_dbapi
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        if conn._has_events or conn.engine._has_events:  # listeners see the statement as SQLAlchemy's own
+            conn.dispatch.before_cursor_execute(
+                conn, cursor, prepared.sql, args, None, method == "executemany"
+            )
         try:
             getattr(cursor, method)(prepared.sql, args)
             rows = list(cursor.fetchall()) if prepared.row is not None else []

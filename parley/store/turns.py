@@ -2,8 +2,8 @@
 
 Each is a function of a synchronous ``Connection`` for a ``Writer`` to run (see ``writer.py``), written in
 SQLAlchemy Core with statements built once: no ORM unit of work, no identity map, and as few statements
-as the turn needs. Starting a turn in a new session is two inserts; continuing one is two reads (the
-session, locked, and its messages) and two writes; finishing is two updates.
+as the turn needs. Starting a turn in a new session is two inserts; continuing one is one read (the
+session, locked, with its messages) and two writes; finishing is two updates.
 
 Each names its ``lane_key`` (the row it locks first), which keeps writes to one session in one writer
 lane on PostgreSQL. Every function reads before it writes and raises its refusals (``session_not_found``,
@@ -37,19 +37,24 @@ _messages = cast("Table", Message.__table__)
 
 INSERT_SESSION = insert(_sessions)
 INSERT_MESSAGES = insert(_messages)
-LOCK_SESSION = (
-    select(_sessions.c.active_leaf_id)
+# The session, locked, with its messages: one statement (one round trip on PostgreSQL). A session without
+# messages gives one row whose message columns are null; an unknown or another customer's session, none.
+SESSION_TREE = (
+    select(
+        _sessions.c.active_leaf_id,
+        _messages.c.id,
+        _messages.c.parent_id,
+        _messages.c.role,
+        _messages.c.content,
+        _messages.c.created_at,
+        _messages.c.tool_steps,  # null but for agentic answers: the next turn's context replays their steps
+    )
+    .select_from(_sessions.outerjoin(_messages, _messages.c.session_id == _sessions.c.id))
     .where(_sessions.c.id == bindparam("sid"), _sessions.c.customer_id == bindparam("cid"))
-    .with_for_update()  # PostgreSQL: turns on one session start one after the other (SQLite: one writer)
+    .with_for_update(
+        of=_sessions
+    )  # PostgreSQL: turns on one session start one after the other (SQLite: one writer)
 )
-SESSION_TREE = select(
-    _messages.c.id,
-    _messages.c.parent_id,
-    _messages.c.role,
-    _messages.c.content,
-    _messages.c.created_at,
-    _messages.c.tool_steps,  # null but for agentic answers: the next turn's context replays their steps
-).where(_messages.c.session_id == bindparam("sid"))
 MOVE_LEAF = (
     update(_sessions)
     .where(_sessions.c.id == bindparam("sid"))
@@ -148,14 +153,14 @@ class StartTurn:
         now = utcnow()
         if self.session_id is None:
             return self._new_session(conn, now)
-        locked = _rows(conn, LOCK_SESSION, {"sid": self.session_id, "cid": self.customer_id})
-        found = locked[0] if locked else None
-        if found is None:
+        found = _rows(conn, SESSION_TREE, {"sid": self.session_id, "cid": self.customer_id})
+        if not found:
             raise SessionNotFound
         # Rows of the columns the tree reads (id, parent_id, role, content, created_at, tool_steps), not
         # ORM objects.
-        rows = cast("Sequence[Message]", _rows(conn, SESSION_TREE, {"sid": self.session_id}))
-        where = place(rows, found[0], self.prompt, self.edit_of, self.regenerate)  # may refuse: no write yet
+        rows = cast("Sequence[Message]", [row for row in found if row.id is not None])
+        leaf = found[0].active_leaf_id
+        where = place(rows, leaf, self.prompt, self.edit_of, self.regenerate)  # may refuse: no write yet
         turn = self._messages(self.session_id, where, (), now)
         _execute_many(conn, INSERT_MESSAGES, turn)
         _execute(conn, MOVE_LEAF, {"sid": self.session_id, "leaf": turn[-1]["id"], "now": now})
@@ -293,7 +298,7 @@ _PREPARED = Statements()
 
 
 def _fast(conn: Connection) -> bool:
-    return conn.dialect.driver == "pysqlite"
+    return conn.dialect.driver in ("pysqlite", "asyncpg")
 
 
 def _rows(conn: Connection, statement: Select[Any], params: dict[str, Any]) -> Sequence[Any]:

@@ -10,9 +10,11 @@ instead of per write; the profiles behind this are in bench/results/report.md.
   the database file inside whichever commit crosses 1,000 pages, a batch of several milliseconds every
   second under load, which every turn queued behind it waits for): a second thread does, on its own
   connection, with PASSIVE checkpoints that never block the writer.
-- PostgreSQL (and an in-memory SQLite, which a second connection could not see): an asyncio task running
-  each batch on one pooled connection through ``AsyncConnection.run_sync``. Writes to one session queue
-  behind each other in order; a REST edit holding a session's row lock makes the batch wait for it.
+- PostgreSQL: lanes of asyncio tasks, each running its batches on one pooled connection through
+  ``AsyncConnection.run_sync``, on an event loop of their own in a thread (``ThreadWriter``), so that a
+  batch's round trips never wait for the server's busy loop. Writes to one session queue behind each other
+  in order; a REST edit holding a session's row lock makes the batch wait for it. (An in-memory SQLite,
+  which a second connection could not see, runs the same lanes on the server's loop: ``TaskWriter``.)
 
 The contract of a write function: it reads first and raises ``ParleyError`` (a refusal such as an unknown
 session) only before its first write, so a refusal never leaves a half-written turn in a shared batch.
@@ -36,16 +38,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.errors import DatabaseFailed, ParleyError
 from parley.store.db import SQLITE_BUSY_TIMEOUT_MS, sqlite_pragmas
+from parley.store.db import create_engine as create_async_engine
 
 log = logging.getLogger("parley.store")
 
 T = TypeVar("T")
 Write = Callable[[Connection], T]
 MAX_BATCH = 64
-LANES = 4  # PostgreSQL: batches in flight at once (of the pool's 20 connections)
+LANES = 8  # PostgreSQL: batches in flight at once, a connection each (beside the server's pool of 20)
 CHECKPOINT_EVERY_S = 0.5  # SQLite: at most one WAL checkpoint this often, and only after writes
 
-__all__ = ["SqliteWriter", "TaskWriter", "Writer", "run_batch", "writer_for"]
+__all__ = ["SqliteWriter", "TaskWriter", "ThreadWriter", "Writer", "run_batch", "writer_for"]
 
 
 class Writer(Protocol):
@@ -61,9 +64,11 @@ class Writer(Protocol):
 
 def writer_for(engine: AsyncEngine) -> Writer:
     url = engine.url
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return SqliteWriter(url.render_as_string(hide_password=False))
-    return TaskWriter(engine)
+    if url.get_backend_name() == "sqlite":
+        if url.database not in (None, "", ":memory:"):
+            return SqliteWriter(url.render_as_string(hide_password=False))
+        return TaskWriter(engine)  # a second engine (or thread) would not see an in-memory database
+    return ThreadWriter(url.render_as_string(hide_password=False))
 
 
 _STOP = object()
@@ -236,17 +241,105 @@ class TaskWriter:
         return self._engine.sync_engine
 
     async def run(self, write: Write[T]) -> T:
+        # A cancelled caller cancels only its future: the write is queued and happens, whole, regardless.
+        return await self.submit(write)
+
+    def submit(self, write: Write[T]) -> asyncio.Future[T]:
+        """Queue ``write`` in its lane (on the running loop); its future has the result."""
         if self._closed:
             raise DatabaseFailed("The database is closed.")
         key = getattr(write, "lane_key", None)
         if key is None:
             self._next += 1
             key = self._next
-        return await self._lanes[hash(key) % len(self._lanes)].run(write)
+        return self._lanes[hash(key) % len(self._lanes)].submit(write)
 
     async def close(self) -> None:
         self._closed = True
         await asyncio.gather(*(lane.close() for lane in self._lanes))
+
+
+class ThreadWriter:
+    """PostgreSQL: a ``TaskWriter`` on an event loop of its own, in a thread, with an engine of its own.
+
+    On the server's event loop each round trip of a batch (BEGIN, each statement, COMMIT) waits for the
+    loop to come round again, which under load is one pass over every streaming turn: milliseconds, several
+    times a turn, and the lanes queue behind it. On a loop that does nothing else a round trip costs what
+    the database takes, and the server's loop is woken once per write, when its result is in (measured in
+    bench/findings.md). Writes to one session still share a lane, in order.
+    """
+
+    def __init__(self, url: str, lanes: int = LANES) -> None:
+        self._async_engine = create_async_engine(url, pool_size=lanes, max_overflow=0)  # a connection a lane
+        self._tasks = TaskWriter(self._async_engine, lanes)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def engine(self) -> Engine:
+        return self._async_engine.sync_engine
+
+    async def run(self, write: Write[T]) -> T:
+        if self._closed:
+            raise DatabaseFailed("The database is closed.")
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, name="parley-pg-writer", daemon=True
+            )
+            self._thread.start()
+        caller = asyncio.get_running_loop()
+        future: asyncio.Future[T] = caller.create_future()
+        self._loop.call_soon_threadsafe(self._submit, write, future, caller)
+        # A cancelled caller cancels only its future: the write is queued and happens, whole, regardless.
+        return await future
+
+    def _submit(self, write: Write[T], future: asyncio.Future[T], caller: asyncio.AbstractEventLoop) -> None:
+        """On the writer's loop: queue the write; hand its outcome to the caller's loop when it is in."""
+
+        def settled(done: asyncio.Future[T]) -> None:
+            if done.cancelled():
+                outcome: tuple[Any, BaseException | None] = (None, DatabaseFailed("The write was not done."))
+            elif done.exception() is not None:
+                outcome = (None, done.exception())
+            else:
+                outcome = (done.result(), None)
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody is waiting
+                caller.call_soon_threadsafe(_hand_over, future, *outcome)
+
+        try:
+            self._tasks.submit(write).add_done_callback(settled)
+        except DatabaseFailed as closed:
+            caller.call_soon_threadsafe(_hand_over, future, None, closed)
+
+    async def close(self) -> None:
+        """Finish what is queued, close the engine's connections, then stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is None:
+            await self._async_engine.dispose()
+            return
+        loop, thread = self._loop, self._thread
+        assert thread is not None
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._shut(), loop))
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
+        loop.close()
+
+    async def _shut(self) -> None:
+        await self._tasks.close()
+        await self._async_engine.dispose()
+
+
+def _hand_over(future: asyncio.Future[T], result: T | None, error: BaseException | None) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
 
 
 class _Lane:
@@ -256,13 +349,12 @@ class _Lane:
         self._queue: asyncio.Queue[_Job | object] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
-    async def run(self, write: Write[T]) -> T:
+    def submit(self, write: Write[T]) -> asyncio.Future[T]:
         if self._task is None:
             self._task = asyncio.create_task(self._serve(), name=self._name)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((write, future))
-        # A cancelled caller cancels only its future: the write is queued and happens, whole, regardless.
-        return await future
+        return future
 
     async def close(self) -> None:
         if self._task is not None:

@@ -1,5 +1,5 @@
-"""The writers (SQLite thread, PostgreSQL task): group commit, and a batch where one write fails or is
-refused loses no other write."""
+"""The writers (SQLite's thread, PostgreSQL's lanes on a thread's own loop): group commit, and a batch
+where one write fails or is refused loses no other write."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from parley.errors import DatabaseFailed, ValidationFailed
 from parley.store.db import create_engine, migrate
 from parley.store.tables import ChatSession, Message
 from parley.store.turns import StartTurn
-from parley.store.writer import SqliteWriter, TaskWriter, Writer
+from parley.store.writer import SqliteWriter, ThreadWriter, Writer
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ async def writer(store_url: str) -> AsyncIterator[Writer]:
     engine = create_engine(store_url)
     await migrate(engine)
     postgres = engine.dialect.name == "postgresql"
-    made: Writer = TaskWriter(engine, lanes=1) if postgres else SqliteWriter(store_url)
+    made: Writer = ThreadWriter(store_url, lanes=1) if postgres else SqliteWriter(store_url)
     try:
         yield made
     finally:
@@ -73,19 +73,12 @@ class Gate:
 
 
 async def queued(writer: Writer, writes: list[Callable[[Connection], Any]]) -> list[asyncio.Future[Any]]:
-    """Queue ``writes`` so that the writer takes them as one batch.
-
-    The SQLite writer is a thread: a gate write holds it while the others queue. The task writer runs on
-    this loop: writes queued in one go, before it next runs, are taken together.
-    """
-    if not isinstance(writer, SqliteWriter):
-        futures: list[asyncio.Future[Any]] = [asyncio.ensure_future(writer.run(w)) for w in writes]
-        await asyncio.sleep(0)  # every run() has queued its write; the writer has not run yet
-        return futures
+    """Queue ``writes`` so that the writer takes them as one batch: a gate write holds the writer's thread
+    (SQLite's, or the loop of PostgreSQL's lanes) while the others queue."""
     gate = Gate()
     held = asyncio.ensure_future(writer.run(gate))
     await asyncio.to_thread(gate.entered.wait, 10)
-    futures = [asyncio.ensure_future(writer.run(w)) for w in writes]
+    futures: list[asyncio.Future[Any]] = [asyncio.ensure_future(writer.run(w)) for w in writes]
     await asyncio.sleep(0)  # every run() has queued its write
     gate.release.set()
     await held
@@ -108,8 +101,7 @@ async def test_queued_writes_commit_together(writer: Writer) -> None:
     seen = begins(writer)
     records = await asyncio.gather(*await queued(writer, [me.start() for _ in range(10)]))
     assert len({r.session_id for r in records}) == 10
-    gate = 1 if isinstance(writer, SqliteWriter) else 0  # the SQLite writer's gate is a transaction too
-    assert len(seen) == gate + 1  # ten writes, one transaction
+    assert len(seen) == 2  # ten writes, one transaction (and the gate's)
     assert await writer.run(me.sessions) == 10
 
 
@@ -140,18 +132,16 @@ async def test_a_refused_write_leaves_the_batch_alone(writer: Writer) -> None:
 
 async def test_a_cancelled_caller_still_gets_its_write(writer: Writer) -> None:
     me = Customer()
-    gate = Gate() if isinstance(writer, SqliteWriter) else None
-    held = asyncio.ensure_future(writer.run(gate)) if gate is not None else None
-    if gate is not None:  # the writer thread is held: the write below cannot be done before the cancel
-        await asyncio.to_thread(gate.entered.wait, 10)
+    gate = Gate()
+    held = asyncio.ensure_future(writer.run(gate))
+    await asyncio.to_thread(gate.entered.wait, 10)  # held: the write below cannot be done before the cancel
     waiting = asyncio.ensure_future(writer.run(me.start()))
-    await asyncio.sleep(0)  # queued; the task writer has not run yet
+    await asyncio.sleep(0)  # queued
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    if gate is not None and held is not None:
-        gate.release.set()
-        await held
+    gate.release.set()
+    await held
     assert await writer.run(me.sessions) == 1
 
 
@@ -170,14 +160,14 @@ async def test_postgres_lanes_keep_a_sessions_writes_in_order(postgres_url: str)
     """Four lanes; ten turns queued at once on one session all go to its lane, chained in order."""
     engine = create_engine(postgres_url)
     await migrate(engine)
-    writer = TaskWriter(engine, lanes=4)
+    writer = ThreadWriter(postgres_url, lanes=4)
     try:
         me = Customer()
         first = await writer.run(me.start())
         seen = begins(writer)
         nexts = [StartTurn(me.id, first.session_id, f"q{n}", "demo", "demo", "r") for n in range(10)]
         records = await asyncio.gather(*await queued(writer, list(nexts)))
-        assert len(seen) == 1
+        assert len(seen) == 2  # the gate's transaction, and one for the ten
         for n, record in enumerate(records):  # each follows the one before (empty answers are not history)
             assert [m.content for m in record.history] == ["hello", *(f"q{k}" for k in range(n))]
     finally:
