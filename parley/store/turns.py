@@ -15,15 +15,16 @@ without tools runs exactly the statements it ran before and never touches that c
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, text, update
+from sqlalchemy import Table, bindparam, exists, insert, select, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import ClauseElement, Executable, Select
+from sqlalchemy.sql import ClauseElement, Executable, Select, Update
 
 from parley.errors import SessionNotFound
 from parley.store.branches import ContextMessage, Placement, check_branch_request, place
@@ -162,8 +163,13 @@ class StartTurn:
         leaf = found[0].active_leaf_id
         where = place(rows, leaf, self.prompt, self.edit_of, self.regenerate)  # may refuse: no write yet
         turn = self._messages(self.session_id, where, (), now)
-        _execute_many(conn, INSERT_MESSAGES, turn)
-        _execute(conn, MOVE_LEAF, {"sid": self.session_id, "leaf": turn[-1]["id"], "now": now})
+        moved = {"sid": self.session_id, "leaf": turn[-1]["id"], "now": now}
+        if _postgres(conn):  # one statement, one round trip
+            statement, params = _inserting(turn)
+            _execute(conn, statement, {**params, **moved})
+        else:
+            _execute_many(conn, INSERT_MESSAGES, turn)
+            _execute(conn, MOVE_LEAF, moved)
         return self._record(self.session_id, where, turn, new_session=False)
 
     def _new_session(self, conn: Connection, now: datetime) -> TurnRecord:
@@ -178,8 +184,12 @@ class StartTurn:
             "updated_at": now,
             "active_leaf_id": turn[-1]["id"],
         }
-        _execute(conn, INSERT_SESSION, session)
-        _execute_many(conn, INSERT_MESSAGES, turn)
+        if _postgres(conn):  # one statement (the messages' key on the session is checked at its end)
+            statement, params = _inserting(turn, session)
+            _execute(conn, statement, params)
+        else:
+            _execute(conn, INSERT_SESSION, session)
+            _execute_many(conn, INSERT_MESSAGES, turn)
         return self._record(session_id, where, turn, new_session=True)
 
     def _messages(
@@ -274,23 +284,60 @@ class FinishTurn:
         return self.session_id
 
     def __call__(self, conn: Connection) -> bool:
-        now = utcnow()
-        answer = {"mid": self.message_id, "content": self.content, "reasoning": self.reasoning}
-        final = {"status": self.status, "usage": self.usage, "error_code": self.error_code, "seq": self.seq}
-        if self.tool_steps is None:
-            matched = _execute(conn, FINISH_ANSWER, {**answer, **final, "now": now})
-        else:
-            steps = {"steps": self.tool_steps, "now": now}
-            matched = _execute(conn, FINISH_TOOL_ANSWER, {**answer, **final, **steps})
-        if matched == 0:
-            found = _rows(conn, ANSWER_STATE, {"mid": self.message_id})
-            if not found:
-                return True  # gone: its session was deleted meanwhile
-            if tuple(found[0]) != (self.status, self.error_code, self.seq, self.content):
-                return False  # closed by recovery meanwhile
-            # Else this very write, committed by an earlier attempt whose reply was lost.
-        _execute(conn, TOUCH_SESSION, {"sid": self.session_id, "now": now})
+        touch = {"sid": self.session_id, "now": utcnow()}
+        params = {"mid": self.message_id, "content": self.content, "reasoning": self.reasoning, **touch}
+        params |= {"status": self.status, "usage": self.usage, "error_code": self.error_code, "seq": self.seq}
+        tools = self.tool_steps is not None
+        if tools:
+            params["steps"] = self.tool_steps
+        if _postgres(conn):  # the answer, and the session's time if it matched: one statement
+            if _execute(conn, FINISH_AND_TOUCH[tools], params):
+                return True
+        elif _execute(conn, FINISH_TOOL_ANSWER if tools else FINISH_ANSWER, params):
+            _execute(conn, TOUCH_SESSION, touch)
+            return True
+        found = _rows(conn, ANSWER_STATE, {"mid": self.message_id})
+        if not found:
+            return True  # gone: its session was deleted meanwhile
+        if tuple(found[0]) != (self.status, self.error_code, self.seq, self.content):
+            return False  # closed by recovery meanwhile
+        # Else this very write, committed by an earlier attempt whose reply was lost.
+        _execute(conn, TOUCH_SESSION, touch)
         return True
+
+
+def _inserting(
+    turn: list[dict[str, Any]], session: dict[str, Any] | None = None
+) -> tuple[Executable, dict[str, Any]]:
+    """PostgreSQL: one statement that inserts the turn's messages and either inserts the new ``session`` or
+    moves the session's leaf (``MOVE_LEAF``'s parameters are the caller's); with its parameters."""
+    params = {f"{key}_{n}": value for n, row in enumerate(turn) for key, value in row.items()}
+    if session is not None:
+        params |= {f"s_{key}": value for key, value in session.items()}
+    return _turn_insert(tuple(turn[0]), len(turn), tuple(session or ())), params
+
+
+@functools.lru_cache(maxsize=32)
+def _turn_insert(keys: tuple[str, ...], rows: int, session: tuple[str, ...]) -> Executable:
+    """Built once per shape (a statement of literal values would be compiled again at every execution)."""
+    values = [{k: bindparam(f"{k}_{n}", type_=_messages.c[k].type) for k in keys} for n in range(rows)]
+    added = insert(_messages).values(values)
+    if not session:
+        return MOVE_LEAF.add_cte(added.cte("added"))
+    made = insert(_sessions).values({k: bindparam(f"s_{k}", type_=_sessions.c[k].type) for k in session})
+    return added.add_cte(made.cte("made"))
+
+
+def _and_touch(finish: Update) -> Update:
+    finished = finish.returning(_messages.c.id).cte("finished")
+    return TOUCH_SESSION.where(exists(select(finished.c.id))).add_cte(finished)
+
+
+FINISH_AND_TOUCH = {False: _and_touch(FINISH_ANSWER), True: _and_touch(FINISH_TOOL_ANSWER)}
+
+
+def _postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
 
 
 # The SQLite writer thread's statements, prepared once (see prepared.py); other drivers use ``execute``.
