@@ -209,10 +209,10 @@ def test_token_default_ttl_is_a_day(tmp_path: Path) -> None:
     assert claims["exp"] - claims["iat"] == 24 * 3600  # type: ignore[operator]
 
 
-def test_token_without_secret_creates_and_reuses_a_private_one(tmp_path: Path) -> None:
+def test_token_dev_creates_and_reuses_a_private_secret(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"  # does not exist yet
     env = cli_env(data_dir)
-    first = run_cli(["token", "--customer-id", "7", "--ttl", "60"], env, tmp_path)
+    first = run_cli(["token", "--dev", "--customer-id", "7", "--ttl", "60"], env, tmp_path)
     assert first.returncode == 0, first.stderr
     secret_file = data_dir / "jwt_secret"
     assert secret_file.is_file()
@@ -221,7 +221,7 @@ def test_token_without_secret_creates_and_reuses_a_private_one(tmp_path: Path) -
     assert len(secret) >= 32
     assert verify(first.stdout.strip(), secret)["customer_id"] == "7"
 
-    second = run_cli(["token", "--customer-id", "8"], env, tmp_path)
+    second = run_cli(["token", "--dev", "--customer-id", "8"], env, tmp_path)
     assert second.returncode == 0, second.stderr
     assert secret_file.read_text().strip() == secret, "the secret must be reused, not regenerated"
     assert verify(second.stdout.strip(), secret)["customer_id"] == "8"
@@ -272,6 +272,8 @@ def test_migrate_creates_the_tables_and_is_idempotent(tmp_path: Path) -> None:
     with closing(sqlite3.connect(database)) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == versions
     assert "parley.db" in first.stdout  # it says which database it migrated
+    assert "applied 0001: Chat sessions and messages" in first.stdout, first.stdout
+    assert "no migrations were due" in second.stdout and "applied" not in second.stdout, second.stdout
 
 
 def test_migrate_honours_database_url(tmp_path: Path) -> None:
@@ -309,7 +311,7 @@ async def test_serve_dev_prints_a_working_token_and_stands_in_for_models(tmp_pat
         assert [m["id"] for m in response.json()["messages"]] == [turn.user_message_id, turn.ai_message_id]
 
         # `parley token` with the same data directory mints tokens the dev server accepts.
-        minted = run_cli(["token", "--customer-id", "2", "--ttl", "60"], cli_env(data_dir), tmp_path)
+        minted = run_cli(["token", "--dev", "--customer-id", "2", "--ttl", "60"], cli_env(data_dir), tmp_path)
         assert minted.returncode == 0, minted.stderr
         other = await one_turn(server.ws_url, minted.stdout.strip(), "demo")
         assert other.status == "completed"
