@@ -28,7 +28,8 @@ TRACE = 5  # uvicorn's "trace" level
 REQUEST_ID: ContextVar[str | None] = ContextVar("parley_request_id", default=None)
 SESSION_ID: ContextVar[str | None] = ContextVar("parley_session_id", default=None)
 _CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
-_CONTROL |= {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\x85"}
+_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+_CONTROL |= _LINE_BREAKS
 
 
 def clip(value: str, limit: int = MAX_ARG_CHARS) -> str:
@@ -98,7 +99,8 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
             entry["exc"] = record.exc_text
-        return orjson.dumps(entry, default=str).decode()
+        # JSON may hold these unescaped, but a reader that splits lines as Python does would break there.
+        return orjson.dumps(entry, default=str).decode().translate(_LINE_BREAKS)
 
 
 def log_config(settings: Settings) -> dict[str, Any]:

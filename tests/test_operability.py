@@ -1,0 +1,95 @@
+"""Running Parley as an operator does: its logs (one format, JSON on request, safe from what clients send)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from parley.auth import mint_token
+from parley.logs import MAX_MESSAGE_CHARS
+from tests.test_cli import ServeProcess, cli_env, parley_serve
+from tests.wsclient import ChatClient
+
+SECRET = "operability-secret-" + "o" * 40
+FORGED = "2026-01-01 00:00:00,000 ERROR parley.app: forged"
+LONGEST_LINE = MAX_MESSAGE_CHARS + 2048  # a record's message is cut; its other fields are short
+LEVELS = "TRACE|DEBUG|INFO|WARNING|ERROR|CRITICAL"
+TEXT_LINE = re.compile(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} ({LEVELS}) \S+: ")
+
+
+async def client_traffic(server: ServeProcess) -> str | None:
+    """Requests carrying hostile strings: a newline in a path and in a token, a 60 KB path, a 200 KB
+    request_id; and one turn that fails (a WARNING while it runs). Returns that turn's session id."""
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        await http.get("/nope%0a" + FORGED.replace(" ", "%20"))
+        await http.get("/" + "p" * 60_000)
+    with pytest.raises(InvalidStatus):
+        async with connect(f"{server.ws_url}?token=bad%0a{FORGED.replace(' ', '%20')}", open_timeout=10):
+            pass
+    token = mint_token(SECRET, "1", 300)
+    async with await ChatClient.open(server.ws_url, token) as client:
+        huge = "r\n" + FORGED + "x" * 200_000
+        await client.chat("Hi", request_id=huge)  # the turn carries an id the server makes up
+        while not any(client.finished(request_id) for request_id in client.turns):
+            await client.pump()
+        failed = await client.turn(await client.chat("Hi", request_id="logs-turn", options={"fail_after": 1}))
+        assert failed.status == "error"
+        await client.send({"type": "cancel", "request_id": huge})
+        await client.send({"type": "resume", "request_id": huge})
+        await client.pump()  # the resume's refusal: both frames were read
+    return failed.session_id
+
+
+def all_lines(server: ServeProcess) -> list[str]:
+    return [line for line in (server.stdout + server.stderr).splitlines() if line]
+
+
+async def test_json_logs_are_one_object_a_line_whatever_clients_send(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "data", PARLEY_JWT_SECRET=SECRET, PARLEY_LOG_FORMAT="json")
+    async with parley_serve(tmp_path, env) as server:
+        session_id = await client_traffic(server)
+        server.signal()
+        assert await server.wait_exit() == 0
+    lines = all_lines(server)
+    records: list[dict[str, Any]] = []
+    for line in lines:
+        assert len(line) < LONGEST_LINE, line[:300]
+        records.append(json.loads(line))  # every line is one JSON object
+    assert all({"ts", "level", "logger", "msg"} <= record.keys() for record in records)
+    loggers = {record["logger"] for record in records}
+    assert {"uvicorn.error", "uvicorn.access"} <= loggers, loggers  # uvicorn's records, in the one format
+    assert not any(record["msg"].startswith(FORGED) for record in records)  # inside a record, never a line
+    assert any(len(r["msg"]) > 500 and "ppp" in r["msg"] for r in records)  # the 60 KB path, cut
+
+    warned = [r for r in records if r["level"] == "WARNING" and r["logger"] == "parley.providers"]
+    assert len(warned) == 1, warned
+    assert (warned[0].get("request_id"), warned[0].get("session_id")) == ("logs-turn", session_id)
+
+    refused = [r for r in records if "refused a WebSocket" in r["msg"]]
+    assert refused and all(r["level"] == "INFO" for r in refused)
+    assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")], "a refusal is not an error"
+
+
+async def test_text_logs_have_one_format_and_escape_a_forged_line(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "data", PARLEY_JWT_SECRET=SECRET)
+    async with parley_serve(tmp_path, env) as server:
+        await client_traffic(server)
+        server.signal()
+        assert await server.wait_exit() == 0
+    lines = all_lines(server)
+    for line in lines:
+        assert TEXT_LINE.match(line), line[:300]  # a timestamp and a level on every line, uvicorn's too
+        assert len(line) < LONGEST_LINE, line[:300]
+    assert not any(line.startswith(FORGED) for line in lines)
+    assert any(" uvicorn.access: " in line for line in lines)
+    assert any("request_id=logs-turn" in line for line in lines)
+    refusals = [line for line in lines if "refused a WebSocket" in line]
+    assert refusals and all(" INFO " in line for line in refusals)
