@@ -1,4 +1,5 @@
-"""Running Parley as an operator does: its logs (one format, JSON on request, safe from what clients send)."""
+"""Running Parley as an operator does: its logs (one format, JSON on request, safe from what clients send),
+its health endpoints for load balancers."""
 
 from __future__ import annotations
 
@@ -7,15 +8,21 @@ import re
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from parley.auth import mint_token
 from parley.logs import MAX_MESSAGE_CHARS
+from tests.cluster_helpers import RedisServer, private_redis
+from tests.conftest import PG_ADMIN_DSN, LiveServer, live_server, make_settings
 from tests.test_cli import ServeProcess, cli_env, parley_serve
 from tests.wsclient import ChatClient
+
+__all__ = ["private_redis"]  # a fixture, used by name
 
 SECRET = "operability-secret-" + "o" * 40
 FORGED = "2026-01-01 00:00:00,000 ERROR parley.app: forged"
@@ -93,3 +100,66 @@ async def test_text_logs_have_one_format_and_escape_a_forged_line(tmp_path: Path
     assert any("request_id=logs-turn" in line for line in lines)
     refusals = [line for line in lines if "refused a WebSocket" in line]
     assert refusals and all(" INFO " in line for line in refusals)
+
+
+# -- /livez and /readyz -------------------------------------------------------------------------------
+
+
+async def test_livez_and_readyz_when_all_is_well(server: LiveServer) -> None:
+    async with server.http(None) as http:
+        live, ready, health = await http.get("/livez"), await http.get("/readyz"), await http.get("/healthz")
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ok", "database": "ok"})
+    assert health.json() == {"status": "ok", "database": "ok", "running_turns": 0}  # as it was
+
+
+async def test_readyz_says_draining_while_the_process_drains(sqlite_server: LiveServer) -> None:
+    async with sqlite_server.http(None) as http:
+        await sqlite_server.runtime.supervisor.drain(1)  # what SIGTERM does first
+        ready, live = await http.get("/readyz"), await http.get("/livez")
+    assert (ready.status_code, ready.json()) == (503, {"status": "unavailable", "reason": "draining"})
+    assert live.status_code == 200  # draining is no reason to restart it
+
+
+async def test_readyz_is_503_while_the_database_is_unreachable(tmp_path: Path, postgres_url: str) -> None:
+    database = make_url(postgres_url).database
+    async with live_server(make_settings(tmp_path, postgres_url)) as live, live.http(None) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            await admin.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+            )
+            ready, live_now = await http.get("/readyz"), await http.get("/livez")
+        finally:
+            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+            await admin.close()
+        assert ready.status_code == 503
+        assert ready.json() == {
+            "status": "unavailable",
+            "database": "unreachable",
+            "reason": "database unreachable",
+        }
+        assert live_now.status_code == 200
+        assert (await http.get("/readyz")).status_code == 200  # ready again once it answers
+
+
+async def test_readyz_is_503_while_redis_is_unreachable(
+    tmp_path: Path, postgres_url: str, private_redis: RedisServer
+) -> None:
+    settings = make_settings(tmp_path, postgres_url, redis_url=private_redis.url)
+    async with live_server(settings) as live, live.http(None) as http:
+        ready = await http.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ok", "database": "ok", "redis": "ok"})
+        await private_redis.stop()
+        ready, health = await http.get("/readyz"), await http.get("/healthz")
+        await private_redis.start()
+    assert ready.status_code == 503
+    assert ready.json() == {
+        "status": "unavailable",
+        "database": "ok",
+        "redis": "unreachable",
+        "reason": "redis unreachable",
+    }
+    assert (health.status_code, health.json()["status"]) == (200, "degraded")  # /healthz as it was
