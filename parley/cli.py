@@ -11,12 +11,11 @@ import asyncio
 import os
 import sys
 import traceback
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from parley import logs
+from parley import __version__, logs
 from parley.auth import mint_token
 from parley.config import Settings
 from parley.preflight import (
@@ -52,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="parley", description="Parley chat backend", parents=[common])
     parser.set_defaults(debug=False)
-    parser.add_argument("--version", action="version", version=f"parley {package_version()}")
+    parser.add_argument("--version", action="version", version=f"parley {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server", parents=[common])
@@ -73,13 +72,6 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("migrate", help="apply the database migrations", parents=[common])
     return parser
-
-
-def package_version() -> str:
-    try:
-        return version("parley")
-    except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
-        return "unknown"
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
 """Running Parley as an operator does: its logs (one format, JSON on request, safe from what clients send),
-its health endpoints for load balancers."""
+its health endpoints for load balancers, its documentation with no network."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from websockets.exceptions import InvalidStatus
 
 from parley.auth import mint_token
 from parley.logs import MAX_MESSAGE_CHARS
+from parley.protocol import SNAKE_NAMES, SNAKE_STREAM_ERROR, SNAKE_TTS_NOT_REQUESTED, ControlType, Event
 from tests.cluster_helpers import RedisServer, private_redis
 from tests.conftest import PG_ADMIN_DSN, LiveServer, live_server, make_settings
 from tests.test_cli import ServeProcess, cli_env, parley_serve
@@ -163,3 +164,66 @@ async def test_readyz_is_503_while_redis_is_unreachable(
         "reason": "redis unreachable",
     }
     assert (health.status_code, health.json()["status"]) == (200, "degraded")  # /healthz as it was
+
+
+# -- /docs, /redoc and /asyncapi.json, offline --------------------------------------------------------
+
+ASSET_URL = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|\burl:\s*'([^']+)'""")
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_the_docs_load_everything_from_the_server_itself(sqlite_server: LiveServer, page: str) -> None:
+    async with sqlite_server.http(None) as http:
+        response = await http.get(page)
+        assert response.status_code == 200
+        html = response.text
+        assert not re.search(r"https?://", html), "the page names an outside URL"
+        urls = [a or b for a, b in ASSET_URL.findall(html)]
+        if page == "/redoc":
+            urls += re.findall(r'spec-url="([^"]+)"', html)
+        assert len(urls) >= (4 if page == "/docs" else 3), urls  # script, style, icon, the OpenAPI
+        for url in urls:
+            assert url.startswith("/"), url
+            asset = await http.get(url)
+            assert asset.status_code == 200, url
+            assert len(asset.content) > 0, url
+
+
+async def test_the_openapi_links_the_asyncapi_of_the_websocket(sqlite_server: LiveServer) -> None:
+    async with sqlite_server.http(None) as http:
+        openapi = (await http.get("/openapi.json")).json()
+        assert "/asyncapi.json" in openapi["info"]["description"]
+        document = (await http.get("/asyncapi.json")).json()
+    assert document["asyncapi"] == "3.0.0"
+    assert document["servers"]["parley"] == {
+        "host": f"127.0.0.1:{sqlite_server.port}",
+        "protocol": "ws",
+        "pathname": "/chat/ws",
+    }
+    messages = document["channels"]["chat"]["messages"]
+    types = [message["payload"]["properties"].get("type", {}) for message in messages.values()]
+    sent = {name for kind in types for name in kind.get("enum", [])}
+    for event in Event:  # every event, in both dialects
+        assert {event.value, SNAKE_NAMES[event]} <= sent, event
+    assert {SNAKE_STREAM_ERROR, SNAKE_TTS_NOT_REQUESTED} <= sent
+    for kind in ControlType:
+        assert f"client.{kind.value}" in messages, kind
+    chat = messages["client.chat"]["payload"]
+    assert {"request_id", "user_input", "user_settings"} <= chat["properties"].keys()
+    assert_refs_resolve(document, document)
+
+
+def assert_refs_resolve(node: Any, document: dict[str, Any]) -> None:
+    """Every ``$ref`` points at something in the document."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            target: Any = document
+            for part in ref.removeprefix("#/").split("/"):
+                assert isinstance(target, dict) and part in target, ref
+                target = target[part]
+        for value in node.values():
+            assert_refs_resolve(value, document)
+    elif isinstance(node, list):
+        for value in node:
+            assert_refs_resolve(value, document)
