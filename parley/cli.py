@@ -31,6 +31,8 @@ from parley.store.db import Migration, create_engine, migrate
 
 DEV_TOKEN_TTL_S = 7 * 24 * 3600
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+MANUAL_CHECK_IN_REPO = "tests/manual/test_session_persistence_manual.py"
+MANUAL_CHECK = Path(__file__).resolve().parent.parent / MANUAL_CHECK_IN_REPO  # in a checkout, not a wheel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,10 +124,11 @@ def dev_banner(settings: Settings, token: str) -> str:
     if (settings.host, settings.port) != (DEFAULT_HOST, DEFAULT_PORT):
         target = f"BACKEND_WS_URL=ws://{_url_host(settings.host)}:{settings.port}/chat/ws "
     python = _shown_path(Path(sys.executable))
+    script = _shown_path(MANUAL_CHECK) if MANUAL_CHECK.exists() else MANUAL_CHECK_IN_REPO
     return (
         f"\nParley dev server on http://{base} (database: {shown_db})\n"
         f"A token for customer 1, valid 7 days:\n\n  {token}\n\n"
-        f"Try it:  {target}JWT_TOKEN={token} {python} tests/manual/test_session_persistence_manual.py\n"
+        f"Try it:  {target}JWT_TOKEN={token} {python} {script}\n"
     )
 
 
