@@ -22,6 +22,7 @@ from parley.preflight import (
     ConfigError,
     check_database,
     check_files,
+    check_redis,
     check_secret,
     database_url,
     load_settings,
@@ -103,6 +104,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(refused)
     check_secret(settings)
     check_files(settings)
+    check_redis(settings)
     asyncio.run(check_database(settings))
     try:
         app = create_app(settings)  # also when the workers build their own: a bad setting fails here, once

@@ -1,9 +1,10 @@
 """Logging: one format for Parley's records and uvicorn's, as text or as one JSON object a line.
 
 A record's message is made safe for a log line whatever a client put in it: every string argument is cut
-to ``MAX_ARG_CHARS`` and the whole message to ``MAX_MESSAGE_CHARS``, and in the text format control
-characters are escaped, so a newline in a ``request_id`` cannot forge a line and a 200 KB one makes no
-200 KB line. The turn being run (``request_id``, ``session_id``) rides along from context variables.
+to ``MAX_ARG_CHARS`` and the whole message to ``MAX_MESSAGE_CHARS``, and in the text format the arguments'
+control characters are escaped (JSON escapes everything), so a newline in a ``request_id`` cannot forge a
+line and a 200 KB one makes no 200 KB line. The turn being run (``request_id``, ``session_id``) rides
+along from context variables.
 """
 
 from __future__ import annotations
@@ -44,13 +45,21 @@ def escape(text: str) -> str:
     return text.translate(_CONTROL)
 
 
-def safe_message(record: logging.LogRecord) -> str:
-    """The record's message with its string arguments clipped, the whole clipped too."""
+def safe_message(record: logging.LogRecord, escaped: bool = False) -> str:
+    """The record's message with its string arguments (where what clients send arrives) clipped and, when
+    ``escaped``, their control characters escaped; the whole clipped too. The format string is the code's
+    own: a traceback logged as one (uvicorn does) keeps its lines."""
+
+    def safe(value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return escape(clip(value)) if escaped else clip(value)
+
     args = record.args
     if isinstance(args, tuple) and args:
-        args = tuple(clip(a) if isinstance(a, str) else a for a in args)
+        args = tuple(safe(a) for a in args)
     elif isinstance(args, dict):
-        args = {k: clip(v) if isinstance(v, str) else v for k, v in args.items()}
+        args = {k: safe(v) for k, v in args.items()}
     message = str(record.msg)
     if args:
         try:
@@ -71,13 +80,14 @@ def _context(record: logging.LogRecord) -> dict[str, str]:
 
 
 class TextFormatter(logging.Formatter):
-    """``<time> <LEVEL> <logger>: <message> [request_id=… session_id=…]``, control characters escaped."""
+    """``<time> <LEVEL> <logger>: <message> [request_id=… session_id=…]``, arguments' control characters
+    escaped."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape(safe_message(record))
+        record.message = safe_message(record, escaped=True)
         context = " ".join(f"{k}={escape(v)}" for k, v in _context(record).items())
         line = super().formatMessage(record)
         return f"{line} [{context}]" if context else line

@@ -11,6 +11,7 @@ import socket
 from typing import Any
 
 from pydantic import ValidationError
+from redis.connection import parse_url
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -96,6 +97,16 @@ def check_files(settings: Settings) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         where = settings.jwt_public_key
         raise ConfigError(f"PARLEY_JWT_PUBLIC_KEY: cannot read the key file {where}: {exc}") from exc
+
+
+def check_redis(settings: Settings) -> None:
+    """A ``PARLEY_REDIS_URL`` Redis can take (reaching it is not required: Parley starts without it)."""
+    if not settings.redis_url:
+        return
+    try:
+        parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(f"PARLEY_REDIS_URL: {one_line(exc)}") from exc
 
 
 def one_line(exc: BaseException) -> str:

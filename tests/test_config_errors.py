@@ -249,3 +249,8 @@ def test_version_comes_from_the_package(tmp_path: Path) -> None:
     result = parley(["--version"], env_for(tmp_path), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"parley {version('parley')}"
+
+
+def test_a_redis_url_of_another_scheme_is_named(tmp_path: Path) -> None:
+    env = env_for(tmp_path, PARLEY_REDIS_URL="http://cache.internal:6379", PARLEY_JWT_SECRET=SECRET)
+    refused(parley(["serve"], env, tmp_path), "PARLEY_REDIS_URL", "redis://")

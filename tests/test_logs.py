@@ -73,3 +73,8 @@ def test_the_config_gives_uvicorn_our_handler() -> None:
     assert config["handlers"]["default"]["formatter"] == "json"
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         assert config["loggers"][name] == {"handlers": [], "level": "WARNING", "propagate": True}
+
+
+def test_a_traceback_the_code_logs_as_its_message_keeps_its_lines() -> None:
+    line = logs.TextFormatter().format(record("Traceback (most recent call last):\n  File 'x'\nValueError"))
+    assert line.endswith("Traceback (most recent call last):\n  File 'x'\nValueError")
