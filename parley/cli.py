@@ -22,6 +22,7 @@ from parley.preflight import (
     ConfigError,
     check_database,
     check_files,
+    check_listen,
     check_redis,
     check_secret,
     database_url,
@@ -102,6 +103,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     refused = refusal(settings, args.workers)
     if refused is not None:
         raise ConfigError(refused)
+    check_listen(settings)
     check_secret(settings)
     check_files(settings)
     check_redis(settings)

@@ -62,6 +62,12 @@ def check_secret(settings: Settings, *, signing: bool = False) -> None:
     """Outside dev mode: a JWT key must be configured, and an HS256 secret must be at least 32 bytes.
     ``signing``: the HS256 secret itself is needed (``parley token``); a public key alone cannot sign."""
     if settings.dev:
+        if settings.jwt_secret is None:
+            try:
+                settings.ensure_dev_secret()
+            except OSError as exc:
+                where = settings.data_dir
+                raise ConfigError(f"PARLEY_DATA_DIR: cannot keep the dev secret in {where}: {exc}") from exc
         return
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret is not None else None
     if secret is None and (signing or settings.jwt_public_key is None):
@@ -97,6 +103,21 @@ def check_files(settings: Settings) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         where = settings.jwt_public_key
         raise ConfigError(f"PARLEY_JWT_PUBLIC_KEY: cannot read the key file {where}: {exc}") from exc
+
+
+def check_listen(settings: Settings) -> None:
+    """The host and port can be listened on (nothing else holds the port, the address is this host's)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((settings.host, settings.port))
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+        raise ConfigError(
+            f"PARLEY_HOST/PARLEY_PORT (--host/--port): cannot listen on {settings.host}:{settings.port}: "
+            f"{cause.lower() if exc.strerror else cause}"
+        ) from exc
 
 
 def check_redis(settings: Settings) -> None:

@@ -254,3 +254,19 @@ def test_version_comes_from_the_package(tmp_path: Path) -> None:
 def test_a_redis_url_of_another_scheme_is_named(tmp_path: Path) -> None:
     env = env_for(tmp_path, PARLEY_REDIS_URL="http://cache.internal:6379", PARLEY_JWT_SECRET=SECRET)
     refused(parley(["serve"], env, tmp_path), "PARLEY_REDIS_URL", "redis://")
+
+
+def test_a_port_another_process_holds_is_named(tmp_path: Path, silent_port: int) -> None:
+    env = env_for(tmp_path, PARLEY_PORT=str(silent_port), PARLEY_JWT_SECRET=SECRET)
+    refused(
+        parley(["serve"], env, tmp_path),
+        f"cannot listen on 127.0.0.1:{silent_port}",
+        "address already in use",
+    )
+
+
+def test_a_dev_secret_that_cannot_be_kept_names_the_data_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = cli_env(blocker / "data")
+    refused(parley(["token", "--dev", "--customer-id", "1"], env, tmp_path), "PARLEY_DATA_DIR", "dev secret")
