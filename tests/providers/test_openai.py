@@ -305,7 +305,8 @@ async def test_silent_server_times_out(fake: FakeOpenAI) -> None:
     finally:
         await adapter.aclose()
     assert (error.code, error.retryable) == ("provider_error", True)
-    assert "did not answer in time" in error.message
+    host = fake.base_url.split("//")[1].split("/")[0]
+    assert f"OpenAI at {host} did not answer in time" in error.message
 
 
 async def test_stream_ended_early(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
