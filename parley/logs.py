@@ -140,6 +140,7 @@ def configure(settings: Settings) -> dict[str, Any]:
     """Set up logging for this process; returns the config, for uvicorn to apply again as its own."""
     config = log_config(settings)
     logging.config.dictConfig(config)
+    logging.captureWarnings(True)  # Python's warnings too, as records in the one format
     return config
 
 
