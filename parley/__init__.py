@@ -1,3 +1,8 @@
 """Parley: a self-hostable chat backend — streaming chat over WebSocket with persistent sessions."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("parley")  # pyproject.toml's, as installed
+except PackageNotFoundError:  # pragma: no cover - a tree that was never installed
+    __version__ = "0+unknown"

@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 from dotenv import dotenv_values
 from fastapi import FastAPI
 
-from parley.api import errors
+from parley import __version__
+from parley.api import docs, errors
 from parley.api.body_limit import BodyLimit
 from parley.api.export import router as export_router
 from parley.api.health import router as health_router
@@ -35,6 +36,12 @@ from parley.tasks import Supervisor
 from parley.tools import McpManager, ToolLimits, ToolRegistry, builtin_tools, load_mcp_config
 
 log = logging.getLogger("parley.app")
+
+API_DESCRIPTION = """The REST API of Parley: sessions, history, search, export and import, models and tools.
+
+Chat turns stream over the WebSocket at `/chat/ws`, described as an AsyncAPI document at
+[/asyncapi.json](/asyncapi.json) (its prose: docs/protocol.md). Health: `/livez`, `/readyz`, `/healthz`.
+Every route under `/api/v1` takes `Authorization: Bearer <JWT>`."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -92,8 +99,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Parley",
+        version=__version__,
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by parley/api/docs.py with their own assets: no CDN
+        redoc_url=None,
+    )
     errors.install(app)
+    docs.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.include_router(health_router)
     # export before sessions: /sessions/import is not a session id.

@@ -1,26 +1,66 @@
-"""The ``parley`` command: ``serve``, ``token`` and ``migrate``."""
+"""The ``parley`` command: ``serve``, ``token`` and ``migrate``.
+
+A configuration mistake ends any of them with exit code 2 and one line on stderr, ``parley: …``, naming the
+variable or file (parley/preflight.py); ``--debug`` or ``PARLEY_LOG_LEVEL=debug`` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
+import traceback
+from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
+from parley import __version__, logs
 from parley.auth import mint_token
 from parley.config import Settings
-from parley.store.db import create_engine, migrate
+from parley.preflight import (
+    ConfigError,
+    check_database,
+    check_files,
+    check_listen,
+    check_redis,
+    check_secret,
+    database_url,
+    load_settings,
+    one_line,
+)
+from parley.store.db import Migration, create_engine, migrate
 
 DEV_TOKEN_TTL_S = 7 * 24 * 3600
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+MANUAL_CHECK_IN_REPO = "tests/manual/test_session_persistence_manual.py"
+MANUAL_CHECK = Path(__file__).resolve().parent.parent / MANUAL_CHECK_IN_REPO  # in a checkout, not a wheel
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="parley", description="Parley chat backend")
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        if args.debug or os.environ.get("PARLEY_LOG_LEVEL", "").lower() == "debug":
+            traceback.print_exception(exc)
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="a traceback with a refusal"
+    )
+    parser = argparse.ArgumentParser(prog="parley", description="Parley chat backend", parents=[common])
+    parser.set_defaults(debug=False)
+    parser.add_argument("--version", action="version", version=f"parley {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve = commands.add_parser("serve", help="run the server", parents=[common])
+    serve.add_argument("--host", help=f"interface to bind (default {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, help=f"port to bind (default {DEFAULT_PORT})")
     serve.add_argument("--dev", action="store_true", help="dev mode: generated secret, demo model stand-in")
     serve.add_argument(
         "--workers",
@@ -29,25 +69,24 @@ def main(argv: list[str] | None = None) -> int:
         help="server processes on the one port (default 1; more need PARLEY_REDIS_URL and PostgreSQL)",
     )
 
-    token = commands.add_parser("token", help="print a signed token for a customer")
+    token = commands.add_parser("token", help="print a signed token for a customer", parents=[common])
     token.add_argument("--customer-id", required=True, help="the customer the token speaks for")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until it expires (default 86400)")
+    token.add_argument("--dev", action="store_true", help="sign with the dev secret in PARLEY_DATA_DIR")
 
-    commands.add_parser("migrate", help="apply the database migrations")
+    commands.add_parser("migrate", help="apply the database migrations", parents=[common])
+    return parser
 
-    args = parser.parse_args(argv)
-    settings = Settings()
+
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings()
     if args.command == "serve":
         return _serve(settings, args)
+    logs.configure(settings)
     if args.command == "token":
-        try:
-            print(_token(settings, args.customer_id, args.ttl))
-        except ValueError as exc:
-            print(f"parley: {exc}", file=sys.stderr)
-            return 2
+        print(_token_command(settings, args))
         return 0
-    asyncio.run(_migrate(settings))
-    print(f"migrated {settings.resolved_database_url.split('@')[-1]}")
+    _migrate_command(settings)
     return 0
 
 
@@ -60,31 +99,65 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.dev:
         updates["dev"] = True
     settings = settings.model_copy(update=updates)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_config = logs.configure(settings)
     refused = refusal(settings, args.workers)
     if refused is not None:
-        print(f"parley: {refused}", file=sys.stderr)
-        return 2
+        raise ConfigError(refused)
+    check_listen(settings)
+    check_secret(settings)
+    check_files(settings)
+    check_redis(settings)
+    asyncio.run(check_database(settings))
     try:
         app = create_app(settings)  # also when the workers build their own: a bad setting fails here, once
-    except ValueError as exc:
-        print(f"parley: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as exc:
+        raise ConfigError(one_line(exc)) from exc
     if settings.dev:
-        token = _token(settings, "1", DEV_TOKEN_TTL_S)
-        base = f"{settings.host}:{settings.port}"
-        print(
-            f"\nParley dev server on http://{base} (database: {settings.resolved_database_url})\n"
-            f"A token for customer 1, valid 7 days:\n\n  {token}\n\n"
-            f"Try it:  JWT_TOKEN={token} python tests/manual/test_session_persistence_manual.py\n",
-            flush=True,
-        )
+        print(dev_banner(settings, _token(settings, "1", DEV_TOKEN_TTL_S)), flush=True)
     if args.workers > 1:
         return run_workers(settings, args.workers, updates)
-    ParleyServer(app, settings).run()
+    ParleyServer(app, settings, log_config=log_config).run()
     return 0
+
+
+def dev_banner(settings: Settings, token: str) -> str:
+    """What ``serve --dev`` prints: where it runs, a token, and a line to try it with this venv's Python."""
+    base = f"{settings.host}:{settings.port}"
+    shown_db = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    target = ""
+    if (settings.host, settings.port) != (DEFAULT_HOST, DEFAULT_PORT):
+        target = f"BACKEND_WS_URL=ws://{_url_host(settings.host)}:{settings.port}/chat/ws "
+    python = _shown_path(Path(sys.executable))
+    script = _shown_path(MANUAL_CHECK) if MANUAL_CHECK.exists() else MANUAL_CHECK_IN_REPO
+    return (
+        f"\nParley dev server on http://{base} (database: {shown_db})\n"
+        f"A token for customer 1, valid 7 days:\n\n  {token}\n\n"
+        f"Try it:  {target}JWT_TOKEN={token} {python} {script}\n"
+    )
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):  # bound everywhere: this machine answers on the loopback
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _shown_path(path: Path) -> str:
+    """The interpreter as a person would type it here: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _token_command(settings: Settings, args: argparse.Namespace) -> str:
+    if args.dev:
+        settings = settings.model_copy(update={"dev": True})
+    check_secret(settings, signing=True)
+    try:
+        return _token(settings, args.customer_id, args.ttl)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _token(settings: Settings, customer_id: str, ttl_s: int) -> str:
@@ -95,10 +168,22 @@ def _token(settings: Settings, customer_id: str, ttl_s: int) -> str:
     return mint_token(secret, customer_id, ttl_s, settings.jwt_audience, settings.jwt_issuer)
 
 
-async def _migrate(settings: Settings) -> None:
+def _migrate_command(settings: Settings) -> None:
+    shown_db = database_url(settings).render_as_string(hide_password=True)
+    asyncio.run(check_database(settings))
+    applied = asyncio.run(_migrate(settings))
+    for migration in applied:
+        print(f"applied {migration.revision}: {migration.title}")
+    if applied:
+        print(f"migrated {shown_db} to {applied[-1].revision}")
+    else:
+        print(f"{shown_db} is up to date: no migrations were due")
+
+
+async def _migrate(settings: Settings) -> list[Migration]:
     engine = create_engine(settings.resolved_database_url)
     try:
-        await migrate(engine)
+        return await migrate(engine)
     finally:
         await engine.dispose()
 

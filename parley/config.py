@@ -6,10 +6,12 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Dialect = Literal["camel", "snake"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+LogFormat = Literal["text", "json"]
 
 DEV_SECRET_FILE = "jwt_secret"
 _ASYNC_DRIVERS = {
@@ -27,9 +29,11 @@ class Settings(BaseSettings):
     dev: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
-    log_level: str = "info"
+    log_level: LogLevel = "info"
+    log_format: LogFormat = Field(default="text", description="text, or json: one JSON object a line")
     data_dir: Path = Path(".parley")
     database_url: str | None = None
+    database_connect_timeout_s: float = Field(default=10.0, gt=0)
 
     jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = Field(default=None, description="RS256 public key (PEM text or a file path)")
@@ -85,6 +89,11 @@ class Settings(BaseSettings):
     # opened (on a kept-alive connection: after the next request's first byte) is closed (408): a half-open
     # handshake holds no socket for ever.
     handshake_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @property
     def resolved_database_url(self) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from parley import logs
 from parley.agent import CANCELLED_OUTPUT, ToolLoop, history_messages, step_limit
 from parley.answer import Answer, Checkpointer, TextSender
 from parley.auth import Identity
@@ -149,17 +150,18 @@ class Turn:
     async def run(self) -> TurnStatus:
         """Run the turn to its end; whatever happens, the client gets the closing events. One that runs
         longer than ``PARLEY_MAX_TURN_S`` is stopped (``_overtime``)."""
-        timer = asyncio.get_running_loop().call_later(self.services.settings.max_turn_s, self._overtime)
-        try:
-            return await self._run()
-        except Exception:
-            log.exception("turn %s failed unexpectedly", self.request_id)
-            if self.events.complete:
-                return "error"
-            return self._fail(ParleyError("Something went wrong on the server; the details are logged."))
-        finally:
-            timer.cancel()
-            self.log.cancel = None
+        with logs.turn_context(self.request_id):
+            timer = asyncio.get_running_loop().call_later(self.services.settings.max_turn_s, self._overtime)
+            try:
+                return await self._run()
+            except Exception:
+                log.exception("turn %s failed unexpectedly", self.request_id)
+                if self.events.complete:
+                    return "error"
+                return self._fail(ParleyError("Something went wrong on the server; the details are logged."))
+            finally:
+                timer.cancel()
+                self.log.cancel = None
 
     async def _run(self) -> TurnStatus:
         resolved = self._announce()
@@ -175,6 +177,7 @@ class Turn:
             log.exception("turn %s: could not store the question", self.request_id)
             return self._fail(exc)
         self.events.set_session(str(record.session_id))
+        logs.SESSION_ID.set(str(record.session_id))
         answer = self._answer = Answer()
         self.services.streams.bind_message(self.log, record.ai_message_id, record.user_message_id)
         self.log.live = self._live

@@ -23,6 +23,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from parley import logs
 from parley.config import Settings
 
 log = logging.getLogger("parley.workers")
@@ -115,10 +116,8 @@ def serve_worker(updates: dict[str, Any], sock: socket.socket) -> None:
     from parley.server import ParleyServer
 
     settings = Settings().model_copy(update=updates)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    server = ParleyServer(create_app(settings), settings)
+    log_config = logs.configure(settings)
+    server = ParleyServer(create_app(settings), settings, log_config=log_config)
     parent = os.getppid()
 
     def orphaned() -> None:  # the parent was killed outright: drain and exit, as on SIGTERM

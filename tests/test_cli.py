@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import signal
 import socket
 import sqlite3
@@ -21,12 +22,15 @@ import jwt
 import pytest
 
 from parley.auth import mint_token
+from parley.cli import dev_banner
+from parley.config import Settings
 from tests.invariants import TurnSummary
 from tests.wsclient import ChatClient
 
 SECRET = "cli-test-secret-" + "q" * 40
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
+TRY_LINE = re.compile(r"^Try it:\s+(.+)$", re.MULTILINE)
 TOKEN_LINE = re.compile(r"^\s+(eyJ[\w-]+\.[\w-]+\.[\w-]+)\s*$", re.MULTILINE)
 
 
@@ -175,6 +179,18 @@ async def one_turn(url: str, token: str, model: str, prompt: str = "Hello CLI") 
         return await client.turn(await client.chat(prompt, model=model))
 
 
+def try_it_line(stdout: str) -> tuple[dict[str, str], list[str]]:
+    """The dev banner's "Try it" line: its leading NAME=value words, and the command after them."""
+    found = TRY_LINE.search(stdout)
+    assert found, f"no Try it line in the dev banner\n{stdout}"
+    words = shlex.split(found.group(1))
+    assignments: dict[str, str] = {}
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        assignments[name] = value
+    return assignments, words
+
+
 def verify(token: str, secret: str) -> dict[str, object]:
     claims: dict[str, object] = jwt.decode(token, secret, algorithms=["HS256"])
     return claims
@@ -209,10 +225,10 @@ def test_token_default_ttl_is_a_day(tmp_path: Path) -> None:
     assert claims["exp"] - claims["iat"] == 24 * 3600  # type: ignore[operator]
 
 
-def test_token_without_secret_creates_and_reuses_a_private_one(tmp_path: Path) -> None:
+def test_token_dev_creates_and_reuses_a_private_secret(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"  # does not exist yet
     env = cli_env(data_dir)
-    first = run_cli(["token", "--customer-id", "7", "--ttl", "60"], env, tmp_path)
+    first = run_cli(["token", "--dev", "--customer-id", "7", "--ttl", "60"], env, tmp_path)
     assert first.returncode == 0, first.stderr
     secret_file = data_dir / "jwt_secret"
     assert secret_file.is_file()
@@ -221,7 +237,7 @@ def test_token_without_secret_creates_and_reuses_a_private_one(tmp_path: Path) -
     assert len(secret) >= 32
     assert verify(first.stdout.strip(), secret)["customer_id"] == "7"
 
-    second = run_cli(["token", "--customer-id", "8"], env, tmp_path)
+    second = run_cli(["token", "--dev", "--customer-id", "8"], env, tmp_path)
     assert second.returncode == 0, second.stderr
     assert secret_file.read_text().strip() == secret, "the secret must be reused, not regenerated"
     assert verify(second.stdout.strip(), secret)["customer_id"] == "8"
@@ -272,6 +288,8 @@ def test_migrate_creates_the_tables_and_is_idempotent(tmp_path: Path) -> None:
     with closing(sqlite3.connect(database)) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == versions
     assert "parley.db" in first.stdout  # it says which database it migrated
+    assert "applied 0001: Chat sessions and messages" in first.stdout, first.stdout
+    assert "no migrations were due" in second.stdout and "applied" not in second.stdout, second.stdout
 
 
 def test_migrate_honours_database_url(tmp_path: Path) -> None:
@@ -294,6 +312,21 @@ async def test_serve_dev_prints_a_working_token_and_stands_in_for_models(tmp_pat
         assert verify(token, secret)["customer_id"] == "1"
         assert stat.S_IMODE((data_dir / "jwt_secret").stat().st_mode) == 0o600
 
+        # The banner's "Try it" line, run as printed, passes against this very server.
+        assignments, command = try_it_line(server.stdout)
+        assert assignments["BACKEND_WS_URL"] == server.ws_url  # not the default port: the URL is given
+        assert command[0] == sys.executable  # the venv's Python, not whatever `python` is
+        tried = await asyncio.to_thread(
+            subprocess.run,
+            command,
+            env={**cli_env(data_dir), **assignments},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert tried.returncode == 0 and "TEST PASSED" in tried.stdout, tried.stdout + tried.stderr
+
         turn = await one_turn(server.ws_url, token, "gpt-4o-mini")
         assert turn.status == "completed"
         assert turn.events[0]["content"]["provider"] == "demo"
@@ -309,7 +342,7 @@ async def test_serve_dev_prints_a_working_token_and_stands_in_for_models(tmp_pat
         assert [m["id"] for m in response.json()["messages"]] == [turn.user_message_id, turn.ai_message_id]
 
         # `parley token` with the same data directory mints tokens the dev server accepts.
-        minted = run_cli(["token", "--customer-id", "2", "--ttl", "60"], cli_env(data_dir), tmp_path)
+        minted = run_cli(["token", "--dev", "--customer-id", "2", "--ttl", "60"], cli_env(data_dir), tmp_path)
         assert minted.returncode == 0, minted.stderr
         other = await one_turn(server.ws_url, minted.stdout.strip(), "demo")
         assert other.status == "completed"
@@ -374,3 +407,29 @@ def test_token_command_refuses_an_identity_the_server_would_refuse(tmp_path: Pat
     assert result.returncode == 2
     assert result.stdout == ""
     assert "customer id must be at most 255 characters" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "url"),
+    [
+        ("127.0.0.1", 8000, None),
+        ("127.0.0.1", 9000, "ws://127.0.0.1:9000/chat/ws"),
+        ("0.0.0.0", 8000, "ws://127.0.0.1:8000/chat/ws"),
+        ("::1", 8001, "ws://[::1]:8001/chat/ws"),
+    ],
+)
+def test_the_dev_banner_names_the_url_unless_it_is_the_default(host: str, port: int, url: str | None) -> None:
+    banner = dev_banner(Settings(host=host, port=port, jwt_secret="s" * 40), "eyJ.x.y")
+    assignments, command = try_it_line(banner)
+    assert assignments.get("BACKEND_WS_URL") == url
+    assert assignments["JWT_TOKEN"] == "eyJ.x.y"
+    assert (
+        Path(command[0]).name.startswith("python")
+        and Path(command[0]).resolve() == Path(sys.executable).resolve()
+    )
+    assert command[1].endswith("tests/manual/test_session_persistence_manual.py")
+
+
+def test_the_dev_banner_hides_a_database_password() -> None:
+    settings = Settings(database_url="postgresql://parley:hunter2@db:5432/parley", jwt_secret="s" * 40)
+    assert "hunter2" not in dev_banner(settings, "eyJ.x.y")

@@ -7,6 +7,8 @@ same persistence — and every provider failure shows up as PROTOCOL events and 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -410,3 +412,27 @@ async def test_tests_cannot_reach_a_real_provider(sdk: str) -> None:
                 pass
     finally:
         await provider.aclose()
+
+
+async def test_an_unreachable_endpoint_is_named_to_the_client_and_warned_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago and has no listener now
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("LOCAL_KEY", "sk-local-" + "l" * 30)
+    models = tmp_path / "models.toml"
+    models.write_text(
+        f'[providers.local]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
+        'key_env = "LOCAL_KEY"\nprefix = "local/"\n'
+    )
+    settings = make_settings(tmp_path, models_file=models, provider_retry_backoff_s=0.01)
+    caplog.set_level(logging.INFO)
+    async with live_server(settings) as server, await server.client() as client:
+        summary = await client.turn(await client.chat("Hi", model="local/llama"))
+    assert summary.error is not None
+    assert (summary.error["stage"], summary.error["code"]) == ("provider", "provider_error")
+    assert f"'local' at 127.0.0.1:{port}: connection refused" in summary.error["content"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    named = [line for line in warnings if f"127.0.0.1:{port}" in line]
+    assert len(named) == 1 and "local" in named[0] and "connection refused" in named[0], warnings

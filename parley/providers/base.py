@@ -202,8 +202,10 @@ async def stream_with_retries(
             return
         except ProviderFailed as exc:
             if started or not exc.retryable or attempt == attempts - 1:
+                # The one log line of the final failure: its message names the endpoint and the cause.
+                log.warning("provider %s failed (%s): %s", provider.name, exc.code, exc.message)
                 raise
-            log.warning(
+            log.info(
                 "%s failed before any output (%s); retry %d of %d",
                 provider.name,
                 exc.code,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import ssl
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -203,15 +205,60 @@ def classify(exc: BaseException, provider: str, key: str | None = None) -> Provi
         http = f" (HTTP {status})" if status else ""
         message = _sentence(f"{who} is unavailable or overloaded{http}", said)
         return ProviderFailed(message, retryable=True)
+    where = _endpoint(exc)
+    at = f" at {where}" if where else ""
     if "Timeout" in kind or isinstance(exc, (TimeoutError, asyncio.TimeoutError, *_TIMEOUTS)):
-        return ProviderFailed(_sentence(f"{who} did not answer in time"), retryable=True)
+        return ProviderFailed(_sentence(f"{who}{at} did not answer in time"), retryable=True)
     if "Connection" in kind or isinstance(exc, (*_TRANSPORT, OSError)):
-        return ProviderFailed(f"Could not reach {who}.", retryable=True)
+        return ProviderFailed(f"Could not reach {who}{at}: {_transport_cause(exc)}.", retryable=True)
     if status is not None:
         return ProviderFailed(_sentence(f"{who} rejected the request (HTTP {status})", said))
     if said:
         return ProviderFailed(_sentence(f"{who} reported an error", said))
     return ProviderFailed(_sentence(f"{who} failed ({kind})"))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from, outermost first (the SDK's, httpx's, the socket's)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _endpoint(exc: BaseException) -> str | None:
+    """``host:port`` of the request that failed, from the SDK's or httpx's exception (never the path)."""
+    for link in _chain(exc):
+        try:
+            request = getattr(link, "request", None)  # httpx raises RuntimeError when it has none
+        except RuntimeError:
+            continue
+        url = getattr(request, "url", None)
+        host = getattr(url, "host", None)
+        if isinstance(host, str) and host:
+            port = getattr(url, "port", None) or (443 if getattr(url, "scheme", "") == "https" else 80)
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return None
+
+
+def _transport_cause(exc: BaseException) -> str:
+    """Why a connection failed, in an operator's words: refused, DNS, TLS, timeout, reset."""
+    for link in _chain(exc):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return f"TLS certificate not accepted ({link.verify_message or link.reason})"
+        if isinstance(link, ssl.SSLError):
+            return f"TLS handshake failed ({link.reason or 'SSL error'})"
+        if isinstance(link, socket.gaierror):
+            return "the host name does not resolve (DNS)"
+        if isinstance(link, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(link, ConnectionResetError):
+            return "connection reset"
+        if isinstance(link, (TimeoutError, *_TIMEOUTS)):
+            return "timed out"
+    return "connection failed"
 
 
 @contextmanager

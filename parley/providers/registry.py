@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parley.errors import ValidationFailed
 from parley.providers.base import Provider
@@ -74,9 +74,15 @@ def load_models_file(path: Path | None) -> ModelsFile:
         return BUILTIN
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"cannot read the models file {path}: {exc}") from None
-    given = ModelsFile.model_validate(data)
+    try:
+        given = ModelsFile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ValueError(f"models file {path}: {problems}") from None
     for name, endpoint in given.providers.items():
         if (
             name not in BUILTIN.providers

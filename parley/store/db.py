@@ -7,11 +7,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
@@ -22,6 +25,7 @@ from parley.errors import DatabaseFailed
 
 __all__ = [
     "DbSession",
+    "Migration",
     "WriteGate",
     "alembic_config",
     "create_engine",
@@ -41,18 +45,26 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 IDLE_PING_AFTER_S = 10.0
 
 
-def create_engine(url: str, pool_size: int = 20, max_overflow: int = 10) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+def create_engine(url: str, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys. Its errors never
+    show their SQL parameters (``hide_parameters``): they hold the users' questions and the answers.
+
+    On PostgreSQL the turns' own writes have an engine of their own (``writer.ThreadWriter``): this one's
+    pool serves the rest (reads, REST edits, recovery)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         # Overflow connections are opened and closed again per burst: that churn cost more than queueing.
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        engine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, hide_parameters=True
+        )
         event.listen(engine.sync_engine, "checkin", _note_idle)
         event.listen(engine.sync_engine, "checkout", _ping_if_idle)
         return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    engine = create_async_engine(
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
+    )
     event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine
 
@@ -146,17 +158,33 @@ def alembic_config(url: str) -> Config:
 MIGRATION_LOCK = 0x7061726C6579  # "parley": the advisory lock key of migrations
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration (``alembic upgrade head``) on this engine. On PostgreSQL,
-    processes starting together on one database take turns (a transaction-scoped advisory lock), so one
-    migrates and the others find the schema current."""
+async def migrate(engine: AsyncEngine) -> list[Migration]:
+    """Bring the schema to the newest migration (``alembic upgrade head``) on this engine; returns the
+    migrations applied, oldest first. On PostgreSQL, processes starting together on one database take
+    turns (a transaction-scoped advisory lock), so one migrates and the others find the schema current."""
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-        await conn.run_sync(_upgrade, engine.url.render_as_string(hide_password=False))
+        return await conn.run_sync(_upgrade, engine.url.render_as_string(hide_password=False))
 
 
-def _upgrade(connection: Connection, url: str) -> None:
+@dataclass(frozen=True)
+class Migration:
+    revision: str
+    title: str  # the first line of its docstring
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _upgrade(connection: Connection, url: str) -> list[Migration]:
     config = alembic_config(url)
     config.attributes["connection"] = connection
+    before = current_revision(connection)
     command.upgrade(config, "head")
+    after = current_revision(connection)
+    if after is None or after == before:
+        return []
+    scripts = ScriptDirectory.from_config(config).iterate_revisions(after, before)
+    return [Migration(s.revision, (s.doc or "").strip().rstrip(".")) for s in reversed(list(scripts))]

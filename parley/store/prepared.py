@@ -104,6 +104,6 @@ class Statements:
             rows = list(cursor.fetchall()) if prepared.row is not None else []
             return rows, cursor.rowcount
         except dbapi.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, OperationalError, ...)
-            raise DBAPIError.instance(prepared.sql, args, exc, dbapi.Error) from exc
+            raise DBAPIError.instance(prepared.sql, args, exc, dbapi.Error, hide_parameters=True) from exc
         finally:
             cursor.close()

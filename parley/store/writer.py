@@ -81,7 +81,8 @@ class SqliteWriter:
 
     def __init__(self, url: str) -> None:
         sync_url = make_url(url).set(drivername="sqlite+pysqlite")
-        self._engine = create_engine(sync_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        timeout = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        self._engine = create_engine(sync_url, connect_args=timeout, hide_parameters=True)  # user text
         event.listen(self._engine, "connect", _autocommit_driver)
         event.listen(self._engine, "begin", _begin_immediate)
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()

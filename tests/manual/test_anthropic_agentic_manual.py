@@ -2,7 +2,8 @@
 """Manual check of an agentic turn against a live Parley: a question that needs tools, each step printed
 as it streams (text, tool calls with their input, tool results), then the stored exchange read back.
 
-    JWT_TOKEN=$(parley token --customer-id 1) python tests/manual/test_anthropic_agentic_manual.py
+    export JWT_TOKEN=$(.venv/bin/parley token --customer-id 1)
+    .venv/bin/python tests/manual/test_anthropic_agentic_manual.py
 
 Env: BACKEND_WS_URL (default ws://localhost:8000/chat/ws), CHAT_MODEL (default claude-mini; any model
 the server routes, e.g. gpt-4o-mini, or demo with DEMO_SCRIPT=1 for an offline run), TOOLS (comma
@@ -165,7 +166,7 @@ async def main() -> int:
     tools = [t.strip() for t in os.environ.get("TOOLS", "calculator,current_time").split(",") if t.strip()]
     timeout = float(os.environ.get("EVENT_TIMEOUT", "90"))
     if not token:
-        print("❌ JWT_TOKEN is not set. Get one with: parley token --customer-id 1")
+        print("❌ JWT_TOKEN is not set. Get one with: .venv/bin/parley token [--dev] --customer-id 1")
         return 1
     try:
         offered = [t["name"] for t in get_json(f"{http_base(url)}/api/v1/tools", token)["tools"]]

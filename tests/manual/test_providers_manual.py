@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Manual check of real providers: one short turn per configured provider against a live Parley.
 
-    JWT_TOKEN=$(parley token --customer-id 1) python tests/manual/test_providers_manual.py
+    JWT_TOKEN=$(.venv/bin/parley token --customer-id 1) .venv/bin/python tests/manual/test_providers_manual.py
 
 Env: BACKEND_WS_URL (default ws://localhost:8000/chat/ws), EVENT_TIMEOUT (seconds, default 60),
 PROVIDER_MODELS (e.g. "ollama=ollama/llama3.2,groq=llama-3.1-8b-instant") for endpoints without a
@@ -107,7 +107,7 @@ async def main() -> int:
     url = os.environ.get("BACKEND_WS_URL", "ws://localhost:8000/chat/ws")
     timeout = float(os.environ.get("EVENT_TIMEOUT", "60"))
     if not token:
-        print("❌ JWT_TOKEN is not set. Get one with: parley token --customer-id 1")
+        print("❌ JWT_TOKEN is not set. Get one with: .venv/bin/parley token [--dev] --customer-id 1")
         return 1
     try:
         providers = fetch_providers(url, token)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Manual check, against a live server, that two messages on one WebSocket land in the same session.
 
-Run: JWT_TOKEN=... python tests/manual/test_session_persistence_manual.py   (see tests/manual/README.md)
+Run: JWT_TOKEN=... .venv/bin/python tests/manual/test_session_persistence_manual.py  (tests/manual/README.md)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MAX_TEXT_LINES = 10  # consecutive text events printed before the rest are colla
 RULE = "=" * 60
 FIRST_PROMPT = "Hello! This is the first message of the session persistence test."
 SECOND_PROMPT = "This is the second message of the session persistence test. Do you remember the first?"
-TOKEN_HINT = "   → Get one with: parley token --customer-id 1  (`parley serve --dev` also prints one)"
+TOKEN_HINT = "   → Get one with: .venv/bin/parley token --dev --customer-id 1  (`serve --dev` prints one)"
 
 
 class Abort(Exception):
@@ -64,7 +64,7 @@ def load_config() -> Config:
         raise Abort(
             "❌ JWT_TOKEN is not set",
             TOKEN_HINT,
-            "   → Then run: JWT_TOKEN=... python tests/manual/test_session_persistence_manual.py",
+            "   → Then run: JWT_TOKEN=... .venv/bin/python tests/manual/test_session_persistence_manual.py",
         )
     raw_timeout = os.environ.get("EVENT_TIMEOUT") or str(DEFAULT_TIMEOUT)
     try:

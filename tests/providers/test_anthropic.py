@@ -220,7 +220,7 @@ async def test_connection_refused_is_retryable() -> None:
     finally:
         await adapter.aclose()
     assert error.retryable
-    assert "Could not reach Anthropic" in error.message
+    assert f"Could not reach Anthropic at 127.0.0.1:{port}: connection refused." == error.message
 
 
 @pytest.mark.parametrize(

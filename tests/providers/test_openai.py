@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from parley.errors import ProviderFailed, ValidationFailed
@@ -19,6 +21,7 @@ from parley.providers.base import (
     Usage,
     stream_with_retries,
 )
+from parley.providers.errors import classify
 from parley.providers.openai import NO_KEY, OpenAIProvider
 from tests.providers.fake_openai import FakeOpenAI, error_body
 
@@ -238,6 +241,62 @@ async def test_connection_refused_is_retryable() -> None:
     assert "Could not reach OpenAI" in error.message
 
 
+async def test_unreachable_endpoint_is_named_with_its_cause() -> None:
+    port = closed_port()
+    adapter = OpenAIProvider("local", api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1", timeout_s=5)
+    try:
+        _, error = await collect_until_failure(adapter)
+    finally:
+        await adapter.aclose()
+    expected = f"Could not reach the model provider 'local' at 127.0.0.1:{port}: connection refused."
+    assert error.message == expected
+
+
+async def test_tls_to_a_plain_http_server_says_tls(fake: FakeOpenAI) -> None:
+    url = fake.base_url.replace("http://", "https://")
+    adapter = OpenAIProvider(api_key=KEY, base_url=url, timeout_s=5)
+    try:
+        _, error = await collect_until_failure(adapter)
+    finally:
+        await adapter.aclose()
+    host = url.split("//")[1].split("/")[0]
+    assert f"Could not reach OpenAI at {host}: TLS handshake failed" in error.message
+    assert error.retryable
+
+
+def test_a_name_that_does_not_resolve_says_dns() -> None:
+    request = httpx.Request("POST", "https://llm.example.invalid/v1/chat/completions")
+    try:
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except socket.gaierror as dns:
+            raise httpx.ConnectError(str(dns), request=request) from dns
+    except httpx.ConnectError as exc:
+        error = classify(exc, "openai")
+    assert error.message == (
+        "Could not reach OpenAI at llm.example.invalid:443: the host name does not resolve (DNS)."
+    )
+
+
+async def test_the_final_failure_is_one_warning_naming_provider_host_and_cause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = closed_port()
+    adapter = OpenAIProvider("local", api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1", timeout_s=5)
+    caplog.set_level(logging.INFO, logger="parley.providers")
+    try:
+        with pytest.raises(ProviderFailed):
+            await drain(stream_with_retries(adapter, ask(), attempts=3, backoff_s=0), [])
+    finally:
+        await adapter.aclose()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    line = warnings[0].getMessage()
+    assert "local" in line and f"127.0.0.1:{port}" in line and "connection refused" in line
+    retries = [r for r in caplog.records if r.levelno == logging.INFO and "retry" in r.getMessage()]
+    assert len(retries) == 2
+
+
 async def test_silent_server_times_out(fake: FakeOpenAI) -> None:
     fake.script(text_chunks=["late"], delay_s=5)
     adapter = OpenAIProvider(api_key=KEY, base_url=fake.base_url, timeout_s=0.3)
@@ -246,7 +305,8 @@ async def test_silent_server_times_out(fake: FakeOpenAI) -> None:
     finally:
         await adapter.aclose()
     assert (error.code, error.retryable) == ("provider_error", True)
-    assert "did not answer in time" in error.message
+    host = fake.base_url.split("//")[1].split("/")[0]
+    assert f"OpenAI at {host} did not answer in time" in error.message
 
 
 async def test_stream_ended_early(fake: FakeOpenAI, provider: OpenAIProvider) -> None:

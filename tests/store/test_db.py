@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import asyncpg
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from parley.store import db
 from parley.store.db import alembic_config, create_engine, migrate
@@ -68,3 +70,23 @@ async def test_postgres_connection_killed_while_idle_is_replaced(
             assert (await conn.execute(pid_sql)).scalar() not in pids
     finally:
         await engine.dispose()
+
+
+async def test_a_failed_write_never_shows_its_parameters(store_url: str) -> None:
+    """SQLAlchemy puts a statement's parameters in str(error), and so in every logged traceback: there they
+    would be the users' questions and the answers. The engines hide them."""
+    engine = create_engine(store_url)
+    answer = "the answer text a user must never find in a log"
+    try:
+        await migrate(engine)
+        with pytest.raises(SQLAlchemyError) as failure:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("INSERT INTO chat_messages (id, content) VALUES (:id, :content)"),
+                    {"id": "not-a-uuid", "content": answer},
+                )
+    finally:
+        await engine.dispose()
+    shown = "".join(traceback.format_exception(failure.value))
+    assert "INSERT INTO chat_messages" in shown  # the statement is there, its values are not
+    assert answer not in shown
