@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dotenv import dotenv_values
 from fastapi import FastAPI
 
-from parley.api import errors
+from parley.api import errors, web
 from parley.api.body_limit import BodyLimit
 from parley.api.export import router as export_router
 from parley.api.health import router as health_router
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router, prefix="/api/v1", responses=errors.error_responses(*errors.ANY_ROUTE))
     app.router.routes.append(websocket_route)
+    web.install(app, settings.dev)
     return app
 
 

@@ -109,6 +109,15 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+def settings_token(settings: Settings, customer_id: str, ttl_s: int) -> str:
+    """A token this server accepts: signed with the configured secret, else the dev one (made if need be)."""
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value()
+    else:
+        secret = settings.ensure_dev_secret()
+    return mint_token(secret, customer_id, ttl_s, settings.jwt_audience, settings.jwt_issuer)
+
+
 def token_from(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
     """The token from ``?token=`` or an ``Authorization: Bearer`` header."""
     token = query.get("token")

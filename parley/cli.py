@@ -7,11 +7,10 @@ import asyncio
 import logging
 import sys
 
-from parley.auth import mint_token
+from parley.auth import settings_token
 from parley.config import Settings
 from parley.store.db import create_engine, migrate
 
-DEV_TOKEN_TTL_S = 7 * 24 * 3600
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args)
     if args.command == "token":
         try:
-            print(_token(settings, args.customer_id, args.ttl))
+            print(settings_token(settings, args.customer_id, args.ttl))
         except ValueError as exc:
             print(f"parley: {exc}", file=sys.stderr)
             return 2
@@ -52,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from parley.api.web import DEV_CUSTOMER, DEV_TOKEN_TTL_S
     from parley.app import create_app
     from parley.server import ParleyServer
     from parley.workers import refusal, run_workers
@@ -73,10 +73,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"parley: {exc}", file=sys.stderr)
         return 2
     if settings.dev:
-        token = _token(settings, "1", DEV_TOKEN_TTL_S)
+        token = settings_token(settings, DEV_CUSTOMER, DEV_TOKEN_TTL_S)
         base = f"{settings.host}:{settings.port}"
         print(
             f"\nParley dev server on http://{base} (database: {settings.resolved_database_url})\n"
+            f"Chat in the browser: http://{base}/ (it signs itself in)\n"
             f"A token for customer 1, valid 7 days:\n\n  {token}\n\n"
             f"Try it:  JWT_TOKEN={token} python tests/manual/test_session_persistence_manual.py\n",
             flush=True,
@@ -85,14 +86,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         return run_workers(settings, args.workers, updates)
     ParleyServer(app, settings).run()
     return 0
-
-
-def _token(settings: Settings, customer_id: str, ttl_s: int) -> str:
-    if settings.jwt_secret is not None:
-        secret = settings.jwt_secret.get_secret_value()
-    else:
-        secret = settings.ensure_dev_secret()
-    return mint_token(secret, customer_id, ttl_s, settings.jwt_audience, settings.jwt_issuer)
 
 
 async def _migrate(settings: Settings) -> None:
