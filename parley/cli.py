@@ -12,7 +12,6 @@ from parley.config import Settings
 from parley.store.db import create_engine, migrate
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="parley", description="Parley chat backend")
     commands = parser.add_subparsers(dest="command", required=True)
