@@ -170,8 +170,7 @@ async function loadModels() {
 
 async function loadTools() {
   const { tools } = await api("/tools");
-  $("tools").replaceChildren(element("legend", { text: "Tools the model may call" }),
-    ...tools.map((tool) => element("label", { title: tool.description },
+  $("tools").replaceChildren(...tools.map((tool) => element("label", { title: tool.description },
       element("input", { type: "checkbox", value: tool.name }), ` ${tool.name}`)));
 }
 

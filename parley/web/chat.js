@@ -1,7 +1,7 @@
 // The conversation: show a session's active branch, run turns over the socket, resume one after a reload or
 // a dropped connection (docs/protocol.md section 5.2), stop, edit, regenerate, switch branches.
 import { api, sessions } from "./api.js";
-import { AnswerView, element, messageElement, userBody } from "./render.js";
+import { AnswerView, element, messageElement, quietButton, userBody } from "./render.js";
 
 const STICK_PX = 48; // this close to the bottom, the log follows the answer
 
@@ -64,7 +64,7 @@ export class Chat {
     this.turn = null;
     this.session = view.id;
     this.log.replaceChildren();
-    for (const message of view.messages) this.log.append(this.stored(message));
+    for (const message of view.messages) this.log.append(this.stored(message).parentElement);
     this.on.sessionChanged(view.id, view.title);
     const live = view.messages.findLast((m) => m.role === "assistant" && m.status === "streaming" && m.request_id);
     if (live && follow) this.follow(live);
@@ -89,26 +89,25 @@ export class Chat {
     return article;
   }
 
-  /** Edit / Regenerate, the branch switcher, and the answer's status, under a message. */
+  /** Edit / Regenerate under a message (no text of their own), the branch switcher beside it. */
   footer(article, message) {
     const foot = article.querySelector(".msg-foot");
+    const slot = article.parentElement.querySelector(".switcher-slot");
     foot.replaceChildren();
+    slot.replaceChildren();
     const siblings = message.sibling_ids ?? [];
     if (siblings.length > 1) {
       const at = siblings.indexOf(message.id);
       const step = (by) => () => this.switchTo(siblings[at + by]);
-      foot.append(element("span", { class: "switcher" },
-        element("button", { type: "button", class: "quiet icon", "aria-label": "Previous branch", "data-off": at === 0, onclick: step(-1), text: "‹" }),
-        element("span", { class: "position", text: `${at + 1}/${siblings.length}` }),
-        element("button", { type: "button", class: "quiet icon", "aria-label": "Next branch", "data-off": at === siblings.length - 1, onclick: step(1), text: "›" })));
+      const previous = quietButton("Previous branch", step(-1), "‹");
+      const next = quietButton("Next branch", step(1), "›");
+      if (at === 0) previous.dataset.off = "";
+      if (at === siblings.length - 1) next.dataset.off = "";
+      slot.append(element("span", { class: "switcher" },
+        previous, element("span", { class: "position", text: `${at + 1}/${siblings.length}` }), next));
     }
-    if (message.role === "user") {
-      foot.append(element("button", { type: "button", class: "quiet action", onclick: () => this.startEdit(article, message), text: "Edit" }));
-    } else if (message.status !== "streaming") {
-      foot.append(element("button", { type: "button", class: "quiet action", onclick: () => this.regenerate(article), text: "Regenerate" }));
-    }
-    const notes = { cancelled: "Stopped", error: `Failed${message.error_code ? ` (${message.error_code})` : ""}` };
-    if (notes[message.status]) foot.append(element("span", { class: "note", text: notes[message.status] }));
+    if (message.role === "user") foot.append(quietButton("Edit", () => this.startEdit(article, message)));
+    else if (message.status !== "streaming") foot.append(quietButton("Regenerate", () => this.regenerate(article)));
   }
 
   async switchTo(messageId) {
@@ -136,7 +135,7 @@ export class Chat {
     }
     const user = messageElement("user", "completed");
     userBody(user, prompt);
-    this.log.append(user);
+    this.log.append(user.parentElement);
     this.box.value = "";
     this.start(input, settings, user, prompt);
   }
@@ -155,7 +154,7 @@ export class Chat {
     this.on.clearAlerts();
     const requestId = crypto.randomUUID();
     const article = messageElement("assistant", "streaming");
-    this.log.append(article);
+    this.log.append(article.parentElement);
     this.turn = {
       requestId, article, user, prompt, lastSeq: -1, sent: false, stored: false,
       answer: new AnswerView(article, () => this.scrollSoon()),
@@ -207,6 +206,12 @@ export class Chat {
       if (frame.seq <= turn.lastSeq) return; // already shown (a resume overlapping what we had)
       turn.lastSeq = frame.seq;
     }
+    if (frame.session_id && !this.session) {
+      // A new session exists from the turn's first events on: name it in the URL now, so a reload finds it.
+      this.session = frame.session_id;
+      this.on.sessionChanged(this.session, turn.prompt ?? "");
+      this.on.listChanged();
+    }
     const { answer } = turn;
     switch (frame.type) {
       case "text": answer.appendText(frame.content); break;
@@ -242,11 +247,6 @@ export class Chat {
     turn.stored = true;
     turn.article.dataset.messageId = ids.ai_message_id;
     if (turn.user) turn.user.dataset.messageId = ids.user_message_id;
-    const session = ids.session_id ?? frame.session_id;
-    if (session && session !== this.session) {
-      this.session = session;
-      this.on.sessionChanged(session, turn.prompt ?? "");
-    }
     this.on.listChanged();
   }
 
@@ -280,8 +280,9 @@ export class Chat {
 
   /** Remove `article` and everything after it: a new branch replaces them on the page. */
   cut(article) {
-    while (article.nextSibling) article.nextSibling.remove();
-    article.remove();
+    const entry = article.parentElement;
+    while (entry.nextSibling) entry.nextSibling.remove();
+    entry.remove();
   }
 
   // --- the page around it -------------------------------------------------------------------------------
@@ -289,7 +290,7 @@ export class Chat {
   setBusy(busy) {
     this.sendButton.hidden = busy;
     this.stopButton.hidden = !busy;
-    for (const button of this.log.querySelectorAll(".msg-foot button")) button.disabled = busy || button.hasAttribute("data-off");
+    for (const button of this.log.querySelectorAll(".entry button")) button.disabled = busy || button.hasAttribute("data-off");
   }
 
   /** Follow the answer down, once per frame, unless the reader scrolled up. */

@@ -62,12 +62,22 @@ function pretty(value) {
   return JSON.stringify(value, null, 2);
 }
 
-/** The element of one message; its body is filled by the caller (user) or an AnswerView (assistant). */
+/**
+ * The element of one message (its body filled by the caller, or by an AnswerView), in an entry of the log
+ * that also holds its branch switcher. The element's text is the message alone: its buttons (Edit,
+ * Regenerate) and status note are labelled by CSS, and the switcher's "2/3" sits beside it, in the entry.
+ */
 export function messageElement(role, status, id) {
   const article = element("article", { class: `msg ${role}`, "data-role": role, "data-status": status });
   if (id) article.dataset.messageId = id;
   article.append(element("div", { class: "msg-body" }), element("div", { class: "msg-foot" }));
+  element("div", { class: `entry ${role}` }, article, element("div", { class: "switcher-slot" }));
   return article;
+}
+
+/** A button whose label is drawn by CSS (data-label), so it adds no text to the message around it. */
+export function quietButton(label, onclick, symbol = label) {
+  return element("button", { type: "button", class: "quiet action", "aria-label": label, "data-label": symbol, onclick });
 }
 
 export function userBody(article, text) {
