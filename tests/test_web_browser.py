@@ -468,13 +468,19 @@ async def test_a_20000_delta_answer_costs_as_much_per_delta_at_the_end(
 
 
 async def test_phone_width_and_dark_mode(browser: Browser, dev: LiveServer) -> None:
-    phone = {"viewport": {"width": 390, "height": 780}, "color_scheme": "dark", "has_touch": True}
+    phone = {
+        "viewport": {"width": 390, "height": 780},
+        "color_scheme": "dark",
+        "has_touch": True,
+        "reduced_motion": "reduce",  # the drawer is where it goes at once (also for the screenshot)
+    }
     page = await open_page(browser, dev.http_url + "/", **phone)
     box = message_box(page)
     await expect(box).to_be_visible()
     assert (await box.bounding_box() or {"width": 0})["width"] > 200
     answer = await send(page, "Hello from a phone")
     await expect(answer).to_have_attribute("data-status", "completed")
+    await shot(page, "phone-dark-chat")
     nav = page.locator('nav[aria-label="Sessions"]')
     await expect(nav).not_to_be_in_viewport()
     await page.get_by_role("button", name="Show sessions").click()

@@ -256,9 +256,28 @@ export class Chat {
     this.turn = null;
     this.setBusy(false);
     if (!turn.stored && turn.prompt && !this.box.value) this.box.value = turn.prompt; // refused: nothing kept
-    // Show the session as stored: the ids, the branch switchers, exactly the text that was kept.
-    if (this.session) this.open(this.session).catch((e) => this.on.alert(e.message));
+    if (this.session) this.settle().catch((e) => this.on.alert(e.message));
     else if (!turn.stored) this.log.replaceChildren();
+  }
+
+  /**
+   * After a turn: the session as stored gives the branch switchers and statuses. The messages on the page
+   * stay as they streamed (they are what was stored: the answer is the concatenation of its deltas), unless
+   * the page and the store disagree on which messages there are; then the stored ones are shown.
+   */
+  async settle() {
+    const session = this.session;
+    const view = await sessions.get(session);
+    if (this.turn || session !== this.session) return; // the reader moved on meanwhile
+    const articles = [...this.log.querySelectorAll("[data-role]")];
+    const same = articles.length === view.messages.length &&
+      view.messages.every((m, i) => articles[i].dataset.messageId === m.id);
+    if (!same) return this.show(view);
+    view.messages.forEach((message, i) => {
+      articles[i].dataset.status = message.status;
+      this.footer(articles[i], message);
+    });
+    this.setBusy(false);
   }
 
   // --- editing ------------------------------------------------------------------------------------------
