@@ -44,8 +44,9 @@ async def test_the_page_is_served_at_the_root(sqlite_server: LiveServer) -> None
         for asset in re.findall(r'(?:src|href)="(assets/[^"]+)"', page.text):
             response = await http.get(f"/{asset}")
             assert response.status_code == 200, asset
-        script = await http.get("/assets/app.js")
+        script = await http.get("/assets/app.js", headers={"Accept-Encoding": "gzip"})
         assert "javascript" in script.headers["content-type"]
+        assert script.headers["content-encoding"] == "gzip"
 
 
 async def test_other_routes_are_untouched(sqlite_server: LiveServer) -> None:

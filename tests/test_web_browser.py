@@ -1,6 +1,7 @@
 """The built-in chat page in a real browser: Playwright driving the distribution's Chromium against a real
-server with the demo model. Only the names of issue 14 ("Names a browser test can rely on") and the public
-API are used to find things, as a test outside this repo would. Screenshots go to artifacts/screenshots/.
+server with the demo model. Things are found by the names of issue 14 ("Names a browser test can rely on",
+docs/web.md), as a test outside this repo would, and the rest (Settings, Rename, Delete) by their labels;
+what the page shows is checked against the REST API. Screenshots go to artifacts/screenshots/.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.staticfiles import StaticFiles
 
 from parley.api.deps import AppRuntime
@@ -51,6 +52,6 @@ async def dev_token(runtime: AppRuntime) -> dict[str, str]:
 def install(app: FastAPI, dev: bool) -> None:
     """Serve the page at ``/`` and its files at ``/assets``; the dev token route only on a dev server."""
     app.include_router(page_router)
-    app.mount("/assets", StaticFiles(directory=WEB_DIR), name="assets")
+    app.mount("/assets", GZipMiddleware(StaticFiles(directory=WEB_DIR)), name="assets")
     if dev:
         app.include_router(dev_router, prefix="/api/v1")
