@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import pytest
 from playwright.async_api import Browser, Locator, Page, WebSocketRoute, async_playwright, expect
 
@@ -162,6 +163,21 @@ async def test_parley_serve_dev_signs_the_page_in_by_itself(browser: Browser, tm
         await expect(answer).to_contain_text('You said: "Hello from the browser"')
         await expect(page.locator('nav[aria-label="Sessions"] a')).to_have_text(["Hello from the browser"])
         await shot(page, "chat")
+
+        # The picker offers what /api/v1/models says answers (on a dev server, demo stands in for the rest).
+        picker = page.locator('select[aria-label="Model"]')
+        await expect(picker.locator("option")).to_have_text(["demo", "claude-mini"])
+        await picker.select_option("claude-mini")
+        await message_box(page).press_sequentially("Line one")
+        await message_box(page).press("Shift+Enter")
+        await message_box(page).press_sequentially("line two")
+        await message_box(page).press("Enter")
+        await expect(questions(page).last).to_have_text("Line one\nline two")
+        await expect(answers(page).last).to_have_attribute("data-status", "completed")
+        token = {"Authorization": f"Bearer {server.dev_token()}"}
+        async with httpx.AsyncClient(base_url=server.http_url, headers=token) as http:
+            stored = (await http.get(f"/api/v1/sessions/{session_of(page)}")).json()["messages"]
+        assert [m["model"] for m in stored if m["role"] == "assistant"] == ["demo", "claude-mini"]
         await no_script_errors(page)
 
 

@@ -230,7 +230,14 @@ export class Chat {
       // The turn ended and was forgotten (or its server is gone): what it stored is the answer.
       this.turn = null;
       this.setBusy(false);
-      if (this.session) this.open(this.session, false).catch((e) => this.on.alert(e.message));
+      if (this.session) {
+        this.open(this.session, false).catch((e) => this.on.alert(e.message));
+      } else {
+        // Lost before the server said anything of it: nothing of it is known to have been kept.
+        turn.answer.status = "error";
+        if (turn.prompt && !this.box.value) this.box.value = turn.prompt;
+        this.on.alert("The connection was lost before the server answered; send the message again.");
+      }
       return;
     }
     turn.answer.status = "error";
