@@ -47,6 +47,7 @@ async def test_the_page_is_served_at_the_root(sqlite_server: LiveServer) -> None
         script = await http.get("/assets/app.js", headers={"Accept-Encoding": "gzip"})
         assert "javascript" in script.headers["content-type"]
         assert script.headers["content-encoding"] == "gzip"
+        assert script.headers["cache-control"] == "no-cache" and script.headers["etag"]
 
 
 async def test_other_routes_are_untouched(sqlite_server: LiveServer) -> None:
@@ -75,7 +76,12 @@ async def test_a_dev_server_gives_the_page_a_working_token(dev_server: LiveServe
         body = response.json()
         assert body["customer_id"] == "1"
         sessions = await http.get("/api/v1/sessions", headers={"Authorization": f"Bearer {body['token']}"})
-    assert sessions.status_code == 200
+        assert sessions.status_code == 200
+        # A page of another site whose name now points at 127.0.0.1 (DNS rebinding) is the same origin
+        # to the browser, but it names its own host.
+        rebound = await http.get("/api/v1/dev/token", headers={"Host": f"evil.example:{dev_server.port}"})
+        assert rebound.status_code == 404 and rebound.json()["code"] == "not_found"
+        assert (await http.get("/api/v1/dev/token", headers={"Host": "localhost"})).status_code == 200
 
 
 def test_every_page_file_is_packaged() -> None:

@@ -7,18 +7,21 @@ the files and, on a dev server, a way for it to sign itself in.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, Response
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.staticfiles import StaticFiles
 
 from parley.api.deps import AppRuntime
+from parley.api.errors import ApiError, error_responses
 from parley.auth import settings_token
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 DEV_CUSTOMER = "1"
 DEV_TOKEN_TTL_S = 7 * 24 * 3600
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # Model output is untrusted: even if the page's rendering let markup through, nothing inline would run,
 # and no image could carry the conversation to another host.
@@ -41,10 +44,24 @@ async def index() -> FileResponse:
     return FileResponse(WEB_DIR / "index.html", headers=headers)
 
 
-@dev_router.get("/dev/token")
-async def dev_token(runtime: AppRuntime) -> dict[str, str]:
+class Assets(StaticFiles):
+    """The page's files, revalidated at every load (by ETag): after an upgrade, a browser never runs
+    yesterday's modules with today's page."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+@dev_router.get("/dev/token", responses=error_responses(404))
+async def dev_token(request: Request, runtime: AppRuntime) -> dict[str, str]:
     """Dev server only (``parley serve --dev``; elsewhere this route does not exist): a token for customer 1,
-    valid 7 days, so the built-in page signs itself in."""
+    valid 7 days, so the built-in page signs itself in. Only for a request addressed to the server by a
+    loopback name or its configured host: a page of another site that rebinds its own name to 127.0.0.1
+    (DNS rebinding) gets 404."""
+    if request.url.hostname not in {*LOOPBACK_NAMES, runtime.settings.host}:
+        raise ApiError("not_found", "Not Found")
     token = settings_token(runtime.settings, DEV_CUSTOMER, DEV_TOKEN_TTL_S)
     return {"token": token, "customer_id": DEV_CUSTOMER}
 
@@ -52,6 +69,6 @@ async def dev_token(runtime: AppRuntime) -> dict[str, str]:
 def install(app: FastAPI, dev: bool) -> None:
     """Serve the page at ``/`` and its files at ``/assets``; the dev token route only on a dev server."""
     app.include_router(page_router)
-    app.mount("/assets", GZipMiddleware(StaticFiles(directory=WEB_DIR)), name="assets")
+    app.mount("/assets", GZipMiddleware(Assets(directory=WEB_DIR)), name="assets")
     if dev:
         app.include_router(dev_router, prefix="/api/v1")
