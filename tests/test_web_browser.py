@@ -202,6 +202,17 @@ async def test_without_dev_the_page_asks_for_a_token_once(
     await page.reload()  # the token is kept for the origin
     await expect(message_box(page)).to_be_visible()
     await expect(token_field).to_be_hidden()
+    await expect(page.locator('nav[aria-label="Sessions"] a')).to_have_text(["Who am I"])
+
+    await page.get_by_role("button", name="Sign out").click()  # and another customer signs in
+    await token_field.fill(sqlite_server.token("8"))
+    await token_field.press("Enter")
+    await expect(message_box(page)).to_be_visible()
+    await expect(page.locator('nav[aria-label="Sessions"] a')).to_have_count(0)
+    await expect(questions(page)).to_have_count(0)
+    answer = await send(page, "Someone else")
+    await expect(answer).to_have_attribute("data-status", "completed")
+    await expect(page.locator('nav[aria-label="Sessions"] a')).to_have_text(["Someone else"])
     await no_script_errors(page)
 
 

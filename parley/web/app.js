@@ -68,7 +68,8 @@ function showSignIn(message) {
 function signOut(message) {
   token.clear();
   socket?.close();
-  socket = null;
+  chat?.clear();
+  history.replaceState({}, "", location.pathname); // the next one to sign in starts from a new chat
   showSignIn(message);
 }
 
@@ -181,6 +182,15 @@ function closeSidebar() {
 function start() {
   $("signin").hidden = true;
   $("app").hidden = false;
+  if (!chat) build();
+  socket.open();
+  Promise.all([loadModels(), loadTools()]).catch(explain);
+  sidebar.refresh();
+  openSession(sessionFromUrl(), false);
+}
+
+/** The parts of the page, once: a later sign-in reuses them with the new token. */
+function build() {
   socket = new ChatSocket(() => token.get(), {
     ready: () => {
       document.body.classList.remove("offline");
@@ -206,10 +216,6 @@ function start() {
     failed: explain,
     current: () => chat.session,
   });
-  socket.open();
-  Promise.all([loadModels(), loadTools()]).catch(explain);
-  sidebar.refresh();
-  openSession(sessionFromUrl(), false);
 }
 
 $("composer").addEventListener("submit", (event) => {
