@@ -390,6 +390,52 @@ async def test_sessions_list_search_rename_delete_and_deep_link(
         ]
 
 
+PICNIC = """Here is a plan for **Sunday**, from [the park's page](https://example.com/park):
+
+1. Pack the basket by 10:00
+2. Walk to the park by the river
+3. Find a shady spot near the water
+
+| What | Who brings it |
+|---|---|
+| Sandwiches | Ana |
+| Lemonade | Ben |
+| A blanket | you |
+
+A reminder for the phone:
+
+```python
+alarm("Sunday 09:30", "Picnic: leave at 10")
+```
+"""
+
+
+async def test_markdown_is_rendered(page: Page) -> None:
+    """Paragraphs, lists, tables, code and links; also the README's screenshot (docs/screenshot.png is
+    artifacts/screenshots/markdown.png)."""
+    for prompt in ("Fix the bike's back brake", "Learn three chords on the ukulele"):
+        await expect(await send(page, prompt)).to_have_attribute("data-status", "completed")
+        await page.get_by_role("button", name="New chat").click()
+    first = await send(page, "Plan a picnic for Sunday", {"text": "Bring sandwiches and lemonade."})
+    await expect(first).to_have_attribute("data-status", "completed")
+    await set_options(page, {"text": PICNIC, "chunks": 60})
+    await page.locator("details.settings summary").click()  # closed again, for the picture
+    await first.get_by_role("button", name="Regenerate").click()
+    answer = answers(page).last
+    await expect(answer).to_have_attribute("data-status", "completed")
+    await expect(answer.locator("strong")).to_have_text("Sunday")
+    await expect(answer.locator("ol > li")).to_have_count(3)
+    await expect(answer.locator("table th")).to_have_text(["What", "Who brings it"])
+    await expect(answer.locator("table tbody tr")).to_have_count(3)
+    await expect(answer.locator("pre code")).to_contain_text('alarm("Sunday 09:30"')
+    await expect(answer.get_by_role("link", name="the park's page")).to_have_attribute(
+        "href", "https://example.com/park"
+    )
+    await expect(page.locator('[role="log"]')).to_contain_text("2/2")
+    await page.set_viewport_size({"width": 1200, "height": 760})
+    await shot(page, "markdown")
+
+
 # -- tool steps, reasoning, errors, untrusted output -----------------------------------------------------
 
 
