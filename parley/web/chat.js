@@ -314,8 +314,8 @@ export class Chat {
   // --- the page around it -------------------------------------------------------------------------------
 
   setBusy(busy) {
-    this.sendButton.hidden = busy;
-    this.stopButton.hidden = !busy;
+    this.sendButton.hidden = this.sendButton.disabled = busy;
+    this.stopButton.hidden = this.stopButton.disabled = !busy;
     for (const button of this.log.querySelectorAll(".entry button")) button.disabled = busy || button.hasAttribute("data-off");
   }
 
