@@ -218,7 +218,7 @@ export class Chat {
       case "reasoning": answer.appendReasoning(frame.content); break;
       case "toolUse": answer.toolUse(frame.content); break;
       case "toolResult": answer.toolResult(frame.content); break;
-      case "cancelled": answer.status = "cancelled"; break;
+      case "cancelled": answer.close(); answer.status = "cancelled"; break; // no text follows it
       case "error": this.failed(turn, frame); break;
       case "dbOperationExecuted": this.saved(turn, frame); break;
       case "fullProcessComplete": this.ended(turn, frame.status); break;
@@ -240,6 +240,7 @@ export class Chat {
       }
       return;
     }
+    turn.answer.close(); // Markdown held back for the next delta (none comes) is shown now
     turn.answer.status = "error";
     this.on.alert(frame.content || "The answer failed.");
   }
