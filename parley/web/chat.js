@@ -28,7 +28,10 @@ export class Chat {
       this.stick = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < STICK_PX;
     });
     this.stopButton.addEventListener("click", () => this.stop());
-    document.getElementById("cancel-edit").addEventListener("click", () => this.endEdit());
+    document.getElementById("cancel-edit").addEventListener("click", () => {
+      this.endEdit();
+      this.box.value = "";
+    });
   }
 
   // --- showing a session ------------------------------------------------------------------------------
@@ -60,9 +63,10 @@ export class Chat {
 
   show(view, follow = true) {
     const top = this.log.scrollTop;
-    const stick = this.stick;
+    const stick = this.stick || view.id !== this.session; // another session opens at its end
     this.turn = null;
     this.session = view.id;
+    this.endEdit(); // the message being edited may not be on the page any more
     this.log.replaceChildren();
     for (const message of view.messages) this.log.append(this.stored(message).parentElement);
     this.on.sessionChanged(view.id, view.title);
