@@ -234,5 +234,7 @@ $("sign-out").addEventListener("click", () => signOut(null));
 $("open-sidebar").addEventListener("click", () => $("sidebar").classList.add("open"));
 $("close-sidebar").addEventListener("click", closeSidebar);
 window.addEventListener("popstate", () => chat && openSession(sessionFromUrl(), false));
+// A failure nothing above expected still says so, rather than leaving the page silently half-done.
+window.addEventListener("unhandledrejection", (event) => showAlert(event.reason?.message ?? String(event.reason)));
 
 boot();
