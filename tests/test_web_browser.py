@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +25,8 @@ from parley.connection import Connection
 from parley.uvicorn_ws import abort_transport
 from tests.conftest import IN_CI, LiveServer, live_server, make_settings
 from tests.resume_helpers import TEXT, resume_frame, text_of
-from tests.test_cli import cli_env, parley_serve
+from tests.test_cli import ServeProcess, cli_env, free_port, parley_serve
+from tests.test_recovery import kill_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
@@ -300,6 +303,50 @@ async def test_a_resume_too_late_shows_the_stored_answer(browser: Browser, tmp_p
         await expect(answer).to_have_attribute("data-status", "completed")
         assert await words(answer) == NUMBERS
         await no_script_errors(page)
+
+
+def serve_dev_on(workdir: Path, port: int, name: str) -> ServeProcess:
+    """``parley serve --dev`` on ``port`` in its own process group, so it can be killed as a crash would."""
+    env = cli_env(workdir / "data", PARLEY_PORT=str(port), PARLEY_CHECKPOINT_INTERVAL_S="0.5")
+    out, err = workdir / f"{name}.out", workdir / f"{name}.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parley", "serve", "--dev"],
+            env=env,
+            cwd=workdir,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    return ServeProcess(proc, port, out, err)
+
+
+async def test_a_server_that_dies_mid_answer_leaves_what_it_kept(browser: Browser, tmp_path: Path) -> None:
+    """kill -9, then a new server on the same port: the page reconnects, its resume finds nothing, and it
+    shows the answer as stored, closed as interrupted (docs/protocol.md section 5.4)."""
+    port = free_port()
+    first = serve_dev_on(tmp_path, port, "first")
+    try:
+        await first.wait_healthy()
+        page = await open_page(browser, first.http_url + "/")
+        answer = await send(page, "Count until the crash", {**SLOW, "delay_ms": 20})
+        await expect(answer).to_contain_text("0080")  # a checkpoint (every 0.5 s) has stored some of it
+        kill_group(first)
+        second = serve_dev_on(tmp_path, port, "second")
+        try:
+            await second.wait_healthy()
+            await expect(answer).to_have_attribute("data-status", "error", timeout=20_000)
+            token = {"Authorization": f"Bearer {second.dev_token()}"}
+            async with httpx.AsyncClient(base_url=second.http_url, headers=token) as http:
+                stored = (await http.get(f"/api/v1/sessions/{session_of(page)}")).json()["messages"][-1]
+            assert stored["status"] == "error" and stored["error_code"] == "interrupted"
+            shown = await words(answer)
+            assert shown == stored["content"].split() and 0 < len(shown) < len(NUMBERS)
+            await no_script_errors(page)
+        finally:
+            second.stop()
+    finally:
+        first.stop()
 
 
 # -- branches, sessions -------------------------------------------------------------------------------
