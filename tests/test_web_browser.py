@@ -222,23 +222,27 @@ async def test_without_dev_the_page_asks_for_a_token_once(
 
 
 async def test_the_answer_grows_before_it_ends_and_the_log_follows_it(page: Page) -> None:
-    answer = await send(page, "Count for me", {**SLOW, "delay_ms": 8})
+    lines = "".join(f"{n:04d}\n\n" for n in range(120))  # a paragraph each: far taller than the window
+    tall = {"text": lines, "chunks": 120, "delay_ms": 15}
+    answer = await send(page, "Count for me", tall)
     await streaming_with_text(answer)
     log = page.locator('[role="log"]')
     await expect(answer).to_have_attribute("data-status", "completed")
-    assert await words(answer) == NUMBERS
+    assert await words(answer) == lines.split()
     assert await answer.get_attribute("data-message-id")
-    at_bottom = "(log) => log.scrollHeight - log.scrollTop - log.clientHeight < 48"
+    at_bottom = "(log) => log.scrollTop > 0 && log.scrollHeight - log.scrollTop - log.clientHeight < 48"
     assert await log.evaluate(at_bottom), "the log did not follow the answer down"
 
     # Scrolled up by the reader, the log stays where it is while the next answer grows.
-    answer = await send(page, "Again", {**SLOW, "delay_ms": 8})
+    answer = await send(page, "Again", tall)
     await expect(answer).to_contain_text("0010")
     await log.hover()
-    await page.mouse.wheel(0, -5000)
+    await page.mouse.wheel(0, -100_000)
     await page.wait_for_function("() => document.querySelector('[role=log]').scrollTop === 0")
+    height = await log.evaluate("(log) => log.scrollHeight")
     await expect(answer).to_have_attribute("data-status", "completed")
     assert await log.evaluate("(log) => log.scrollTop") == 0
+    assert await log.evaluate("(log) => log.scrollHeight") > height  # it grew meanwhile, out of sight
 
 
 async def test_stop_keeps_exactly_what_the_server_stored(page: Page, dev: LiveServer) -> None:

@@ -24,13 +24,31 @@ export class Chat {
     this.editing = null;
     this.stick = true;
     this.scrollPending = false;
-    this.log.addEventListener("scroll", () => {
-      this.stick = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < STICK_PX;
-    });
+    this.watchScrolling();
     this.stopButton.addEventListener("click", () => this.stop());
     document.getElementById("cancel-edit").addEventListener("click", () => {
       this.endEdit();
       this.box.value = "";
+    });
+  }
+
+  /**
+   * The log follows the answer until the reader scrolls up (a wheel, a finger, a key, the scrollbar), and
+   * again once they scroll back down to its end. Scroll events alone cannot tell: they come a frame late,
+   * when the answer may have grown under them, and the page's own scrolling makes them too.
+   */
+  watchScrolling() {
+    const log = this.log;
+    const away = () => { this.stick = false; };
+    log.addEventListener("wheel", (event) => { if (event.deltaY < 0) away(); }, { passive: true });
+    log.addEventListener("touchmove", away, { passive: true });
+    log.addEventListener("keydown", (event) => { if (["ArrowUp", "PageUp", "Home"].includes(event.key)) away(); });
+    log.addEventListener("pointerdown", (event) => { if (event.offsetX > log.clientWidth) away(); }); // the scrollbar
+    let lastTop = 0;
+    log.addEventListener("scroll", () => {
+      const down = log.scrollTop > lastTop;
+      lastTop = log.scrollTop;
+      if (down && log.scrollHeight - log.scrollTop - log.clientHeight < STICK_PX) this.stick = true;
     });
   }
 
@@ -73,6 +91,7 @@ export class Chat {
     const live = view.messages.findLast((m) => m.role === "assistant" && m.status === "streaming" && m.request_id);
     if (live && follow) this.follow(live);
     this.setBusy(Boolean(this.turn));
+    this.stick = stick;
     if (stick) this.scrollSoon();
     else this.log.scrollTop = top;
   }
