@@ -180,6 +180,13 @@ async def test_parley_serve_dev_signs_the_page_in_by_itself(browser: Browser, tm
         async with httpx.AsyncClient(base_url=server.http_url, headers=token) as http:
             stored = (await http.get(f"/api/v1/sessions/{session_of(page)}")).json()["messages"]
         assert [m["model"] for m in stored if m["role"] == "assistant"] == ["demo", "claude-mini"]
+
+        # A dev token that stops working is replaced by a fresh one, without a word to the reader.
+        await page.evaluate("() => localStorage.setItem('parley.token', 'expired')")
+        await page.locator('input[aria-label="Search sessions"]').fill("Line")
+        await page.wait_for_function("() => localStorage.getItem('parley.token')?.startsWith('eyJ')")
+        await expect(page.locator('nav[aria-label="Sessions"] a')).to_have_text(["Hello from the browser"])
+        await expect(message_box(page)).to_be_visible()
         await no_script_errors(page)
 
 
@@ -215,6 +222,12 @@ async def test_without_dev_the_page_asks_for_a_token_once(
     answer = await send(page, "Someone else")
     await expect(answer).to_have_attribute("data-status", "completed")
     await expect(page.locator('nav[aria-label="Sessions"] a')).to_have_text(["Someone else"])
+
+    # A token that stops working (it expired) sends the reader back to the sign-in, saying why.
+    await page.evaluate("() => localStorage.setItem('parley.token', 'expired')")
+    await page.locator('input[aria-label="Search sessions"]').fill("Someone")
+    await expect(token_field).to_be_visible()
+    await expect(page.locator('[role="alert"]')).to_contain_text("no longer accepted")
     await no_script_errors(page)
 
 

@@ -15,17 +15,29 @@ function alertIn(container, text) {
   const box = element("div", { class: "alert", role: "alert" }, element("span", { text }), dismiss);
   dismiss.addEventListener("click", () => box.remove());
   container.append(box);
+  while (container.children.length > 3) container.firstChild.remove(); // the latest say enough
 }
 
 const showAlert = (text) => alertIn($("alerts"), text);
 const clearAlerts = () => $("alerts").replaceChildren();
 
 function explain(error) {
-  if (error instanceof ApiError && error.status === 401) {
-    signOut("Your token is no longer accepted (expired, or signed with another secret). Sign in again.");
+  if (error instanceof ApiError && error.status === 401) tokenRefused();
+  else showAlert(error.message || String(error));
+}
+
+/** The token stopped working (it expired): a dev server gives a new one; elsewhere, sign in again. */
+async function tokenRefused() {
+  token.clear();
+  socket?.close();
+  const dev = await devToken();
+  if (dev && (await accepted(dev).catch(() => false))) {
+    token.set(dev);
+    start();
     return;
   }
-  showAlert(error.message || String(error));
+  chat?.clear();
+  showSignIn("Your token is no longer accepted (expired, or signed with another secret). Sign in again.");
 }
 
 // --- sign-in ------------------------------------------------------------------------------------------
