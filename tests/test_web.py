@@ -40,6 +40,7 @@ async def test_the_page_is_served_at_the_root(sqlite_server: LiveServer) -> None
         page = await http.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert 'aria-label="Message"' in page.text
+        assert (await http.head("/")).status_code == 200  # what an uptime check asks
         assert "script-src 'self'" in page.headers["content-security-policy"]
         for asset in re.findall(r'(?:src|href)="(assets/[^"]+)"', page.text):
             response = await http.get(f"/{asset}")

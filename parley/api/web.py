@@ -38,7 +38,7 @@ page_router = APIRouter(include_in_schema=False)
 dev_router = APIRouter(tags=["dev"])
 
 
-@page_router.get("/")
+@page_router.api_route("/", methods=["GET", "HEAD"])
 async def index() -> FileResponse:
     headers = {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache", **ISOLATED}
     return FileResponse(WEB_DIR / "index.html", headers=headers)
