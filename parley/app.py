@@ -13,7 +13,7 @@ from dotenv import dotenv_values
 from fastapi import FastAPI
 
 from parley import __version__
-from parley.api import docs, errors
+from parley.api import docs, errors, web
 from parley.api.body_limit import BodyLimit
 from parley.api.export import router as export_router
 from parley.api.health import router as health_router
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router, prefix="/api/v1", responses=errors.error_responses(*errors.ANY_ROUTE))
     app.router.routes.append(websocket_route)
+    web.install(app, settings.dev)
     return app
 
 

@@ -14,6 +14,8 @@ from parley.text import identifier_problem
 
 # An identity is stored with every session and message: the store's customer_id columns are String(255).
 MAX_CUSTOMER_ID_CHARS = 255
+DEV_CUSTOMER = "1"  # whom ``serve --dev``'s printed token, and the built-in page's dev sign-in, speak for
+DEV_TOKEN_TTL_S = 7 * 24 * 3600
 
 
 class AuthError(Exception):
@@ -107,6 +109,15 @@ def mint_token(
     if issuer:
         claims["iss"] = issuer
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def settings_token(settings: Settings, customer_id: str, ttl_s: int) -> str:
+    """A token this server accepts: signed with the configured secret, else the dev one (made if need be)."""
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value()
+    else:
+        secret = settings.ensure_dev_secret()
+    return mint_token(secret, customer_id, ttl_s, settings.jwt_audience, settings.jwt_issuer)
 
 
 def token_from(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:

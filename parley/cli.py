@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from parley import __version__, logs
-from parley.auth import mint_token
+from parley.auth import DEV_CUSTOMER, DEV_TOKEN_TTL_S, settings_token
 from parley.config import Settings
 from parley.preflight import (
     ConfigError,
@@ -31,7 +31,6 @@ from parley.preflight import (
 )
 from parley.store.db import Migration, create_engine, migrate
 
-DEV_TOKEN_TTL_S = 7 * 24 * 3600
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 MANUAL_CHECK_IN_REPO = "tests/manual/test_session_persistence_manual.py"
 MANUAL_CHECK = Path(__file__).resolve().parent.parent / MANUAL_CHECK_IN_REPO  # in a checkout, not a wheel
@@ -113,7 +112,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         raise ConfigError(one_line(exc)) from exc
     if settings.dev:
-        print(dev_banner(settings, _token(settings, "1", DEV_TOKEN_TTL_S)), flush=True)
+        print(dev_banner(settings, settings_token(settings, DEV_CUSTOMER, DEV_TOKEN_TTL_S)), flush=True)
     if args.workers > 1:
         return run_workers(settings, args.workers, updates)
     ParleyServer(app, settings, log_config=log_config).run()
@@ -131,6 +130,7 @@ def dev_banner(settings: Settings, token: str) -> str:
     script = _shown_path(MANUAL_CHECK) if MANUAL_CHECK.exists() else MANUAL_CHECK_IN_REPO
     return (
         f"\nParley dev server on http://{base} (database: {shown_db})\n"
+        f"Chat in the browser: http://{_url_host(settings.host)}:{settings.port}/ (it signs itself in)\n"
         f"A token for customer 1, valid 7 days:\n\n  {token}\n\n"
         f"Try it:  {target}JWT_TOKEN={token} {python} {script}\n"
     )
@@ -155,17 +155,9 @@ def _token_command(settings: Settings, args: argparse.Namespace) -> str:
         settings = settings.model_copy(update={"dev": True})
     check_secret(settings, signing=True)
     try:
-        return _token(settings, args.customer_id, args.ttl)
+        return settings_token(settings, args.customer_id, args.ttl)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-
-
-def _token(settings: Settings, customer_id: str, ttl_s: int) -> str:
-    if settings.jwt_secret is not None:
-        secret = settings.jwt_secret.get_secret_value()
-    else:
-        secret = settings.ensure_dev_secret()
-    return mint_token(secret, customer_id, ttl_s, settings.jwt_audience, settings.jwt_issuer)
 
 
 def _migrate_command(settings: Settings) -> None:
