@@ -285,6 +285,7 @@ class Turn:
             return None
         if self.session_id is None:
             raise ChatFailure("the server no longer has this turn and it named no session to read it from")
+        sink.notice("the server no longer keeps this turn's events: reading the answer from the REST API")
         message = await self._stored_answer()
         content = str(message.get("content") or "")
         shown = "".join(self.parts)
