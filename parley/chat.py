@@ -14,11 +14,12 @@ import json
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from parley.auth import mint_token
 from parley.chatlink import ChatFailure, Link, Outcome, Turn, chat_frame
+from parley.chatlink import Settings as RequestSettings
 from parley.config import Settings
 from parley.preflight import ConfigError
 
@@ -38,6 +39,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     chat.add_argument("--model", help="the model to ask (default: the server's, demo)")
     chat.add_argument("--system", help="a system prompt for each turn")
     chat.add_argument(
+        "--tool", action="append", default=[], metavar="NAME", help="a tool the model may call (repeatable)"
+    )
+    chat.add_argument(
         "-o",
         "--option",
         nargs=2,
@@ -56,10 +60,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 class ChatConfig:
     url: str
     token: str
-    model: str | None
     session_id: str | None
-    system: str | None
-    options: dict[str, Any] = field(default_factory=dict)
+    asks: RequestSettings
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -72,10 +74,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     config = ChatConfig(
         url=_url(args.url or os.environ.get("BACKEND_WS_URL") or DEFAULT_URL),
         token=_token(settings, args.token or os.environ.get("JWT_TOKEN")),
-        model=args.model,
         session_id=args.session,
-        system=args.system,
-        options=_options(args.option),
+        asks=RequestSettings(args.model, args.system, tuple(args.tool), _options(args.option)),
     )
     return asyncio.run(_main(config, message))
 
@@ -119,15 +119,18 @@ async def _main(config: ChatConfig, message: str | None) -> int:
     except ChatFailure as exc:
         print(f"parley: {exc}", file=sys.stderr, flush=True)
         return 1
+    except asyncio.CancelledError:  # a second Ctrl-C while an answer would not stop
+        print("\nparley: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     finally:
         await link.close()
 
 
 async def _ask_once(link: Link, config: ChatConfig, message: str) -> int:
     """``-m``: only the answer on stdout; an error, or the cancel of a Ctrl-C, as one line on stderr."""
-    turn = Turn(link, chat_frame(message, config.session_id, config.model, config.options, config.system))
+    turn = Turn(link, chat_frame(message, config.session_id, config.asks))
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, turn.cancel)
+    loop.add_signal_handler(signal.SIGINT, stop_answer, turn, asyncio.current_task())
     try:
         outcome = await turn.run(Terminal(sys.stdout, decorated=False))
     finally:
@@ -141,6 +144,14 @@ async def _ask_once(link: Link, config: ChatConfig, message: str) -> int:
     return 1
 
 
+def stop_answer(turn: Turn, main: asyncio.Task[Any] | None) -> None:
+    """Ctrl-C during an answer: the first asks the server to stop it, a second quits at once."""
+    if turn.cancel_requested and main is not None:
+        main.cancel()
+    else:
+        turn.cancel()
+
+
 class Terminal:
     """Prints a turn: text as it comes; reasoning and tool steps dimmed, only when ``decorated``."""
 
@@ -149,12 +160,17 @@ class Terminal:
         self.decorated = decorated
         self.dim = decorated and out.isatty()
         self.at_line_start = True
+        self.in_reasoning = False
 
     def text(self, delta: str) -> None:
+        if self.in_reasoning:  # the answer starts on a line of its own, after the dimmed reasoning
+            self.in_reasoning = False
+            self.end_line()
         self._write(delta)
 
     def reasoning(self, delta: str) -> None:
         if self.decorated:
+            self.in_reasoning = True
             self._write(self._styled(delta))
 
     def step(self, line: str) -> None:
@@ -162,10 +178,13 @@ class Terminal:
             self.line(line)
 
     def notice(self, line: str) -> None:
+        if self.decorated:  # on a terminal stderr shares the screen: not in the middle of a line
+            self.end_line()
         print(f"parley: {line}", file=sys.stderr, flush=True)
 
     def line(self, line: str) -> None:
         """A line of its own, dimmed: after the answer's text, never inside it."""
+        self.in_reasoning = False
         self.end_line()
         self._write(self._styled(line) + "\n")
 
@@ -194,8 +213,10 @@ class Conversation:
         self.inbox: asyncio.Queue[str | KeyboardInterrupt | None] = asyncio.Queue()
         self.turn: Turn | None = None
         self._pending = b""
+        self._main: asyncio.Task[Any] | None = None
 
     async def run(self) -> int:
+        self._main = asyncio.current_task()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, self._interrupt)
         loop.add_reader(sys.stdin.fileno(), self._read_stdin)
@@ -206,7 +227,7 @@ class Conversation:
             loop.remove_signal_handler(signal.SIGINT)
 
     async def _loop(self) -> int:
-        model = self.config.model or "the server's default model"
+        model = self.config.asks.model or "the server's default model"
         where = f"session {self.session_id}" if self.session_id else "a new session"
         self.screen.line(f"Chatting with {model} at {self.config.url}, {where}.")
         self.screen.line("Ctrl-C stops an answer; /exit or Ctrl-D quits.")
@@ -223,10 +244,7 @@ class Conversation:
                 await self._ask(item.rstrip("\n"))
 
     async def _ask(self, prompt: str) -> None:
-        config = self.config
-        self.turn = Turn(
-            self.link, chat_frame(prompt, self.session_id, config.model, config.options, config.system)
-        )
+        self.turn = Turn(self.link, chat_frame(prompt, self.session_id, self.config.asks))
         try:
             outcome = await self.turn.run(self.screen)
         finally:
@@ -248,7 +266,7 @@ class Conversation:
 
     def _interrupt(self) -> None:
         if self.turn is not None:
-            self.turn.cancel()
+            stop_answer(self.turn, self._main)
         else:
             self.inbox.put_nowait(KeyboardInterrupt())
 

@@ -69,15 +69,25 @@ def http_base(ws_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-def chat_frame(
-    prompt: str, session_id: str | None, model: str | None, options: dict[str, Any], system: str | None
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Settings:
+    """What each chat request asks for besides its prompt (``user_settings.text``)."""
+
+    model: str | None = None
+    system: str | None = None
+    tools: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def chat_frame(prompt: str, session_id: str | None, settings: Settings) -> dict[str, Any]:
     """A chat request (docs/protocol.md section 2) with a fresh ``request_id``."""
-    text: dict[str, Any] = {"options": options}
-    if model:
-        text["model"] = model
-    if system:
-        text["system_prompt"] = system
+    text: dict[str, Any] = {"options": settings.options}
+    if settings.model:
+        text["model"] = settings.model
+    if settings.system:
+        text["system_prompt"] = settings.system
+    if settings.tools:
+        text["tools"] = list(settings.tools)
     return {
         "request_type": "text",
         "request_id": uuid.uuid4().hex,
