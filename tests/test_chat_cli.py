@@ -163,3 +163,24 @@ async def test_an_unreachable_server_is_one_line_and_exit_1(tmp_path: Path) -> N
     code, out, err = await run_chat(chat_env(tmp_path), tmp_path, "-m", "Hi", "--url", url, "--token", "t")
     assert (code, out) == (1, "")
     assert url in one_line(err) and "refused" in err
+
+
+async def test_reasoning_and_tool_steps_are_shown_apart_from_the_answer_and_exit_quits(
+    sqlite_server: LiveServer, tmp_path: Path
+) -> None:
+    calls = '[{"name": "calculator", "arguments": {"expression": "6*7"}}]'
+    args = ["--url", sqlite_server.ws_url, "--token", sqlite_server.token(), "--tool", "calculator"]
+    term = Terminal(chat_env(tmp_path), tmp_path, *args, "-o", "tool_calls", calls, "-o", "reasoning", "Hmm")
+    try:
+        await term.expect(b"> ")
+        term.type(b"What is 6*7?\n")
+        start = await term.expect(b"What is 6*7?\r\n")
+        end = await term.expect(b"> ", await term.expect(b"[session ", start))
+        term.type(b"/exit\n")
+        assert await term.wait() == 0
+    finally:
+        term.close()
+    lines = term.text(start, end).splitlines()
+    assert lines[:3] == ["Hmm", '[tool calculator {"expression": "6*7"}]', "[result 42]"]
+    assert lines[3:5] == ["Hmm", "Tool results: calculator: 42"], "the answer on a line of its own"
+    assert lines[5].startswith("[session ")
