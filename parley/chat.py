@@ -66,23 +66,29 @@ class ChatConfig:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """The ``chat`` command; a configuration mistake raises ConfigError (exit 2)."""
-    message = args.message
-    if message is None and not sys.stdin.isatty():
-        message = sys.stdin.read()
-    if message is not None and not message.strip():
-        raise ConfigError("nothing to ask: the message is empty")
     config = ChatConfig(
-        url=_url(args.url or os.environ.get("BACKEND_WS_URL") or DEFAULT_URL),
+        url=_url(args.url),
         token=_token(settings, args.token or os.environ.get("JWT_TOKEN")),
         session_id=args.session,
         asks=RequestSettings(args.model, args.system, tuple(args.tool), _options(args.option)),
     )
-    return asyncio.run(_main(config, message))
+    try:
+        message = args.message
+        if message is None and not sys.stdin.isatty():
+            message = sys.stdin.read()
+        if message is not None and not message.strip():
+            raise ConfigError("nothing to ask: the message is empty")
+        return asyncio.run(_main(config, message))
+    except KeyboardInterrupt:  # before a turn or a prompt was there to take it
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
-def _url(url: str) -> str:
+def _url(given: str | None) -> str:
+    url = given or os.environ.get("BACKEND_WS_URL") or DEFAULT_URL
     if not url.startswith(("ws://", "wss://")):
-        raise ConfigError(f"--url {url!r}: a WebSocket URL starts with ws:// or wss://")
+        source = "--url" if given else "BACKEND_WS_URL"
+        raise ConfigError(f"{source}={url!r}: a WebSocket URL starts with ws:// or wss://")
     return url
 
 

@@ -27,6 +27,7 @@ from parley.protocol import ControlType, Event
 # Waits before each reconnect attempt after a drop: about 30 s in all, then the client gives up.
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 8.0)
 OPEN_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0  # quitting waits no longer than this for the server's side of the close
 # Statuses worth retrying after a drop: the server is restarting (draining) or a proxy is in between.
 TRANSIENT_STATUSES = frozenset({408, 502, 503, 504})
 STREAMING_POLL_S = 0.5
@@ -153,7 +154,9 @@ class Link:
         query = urlencode({"token": self.token, "events": "camel"})
         full = f"{self.url}{'&' if '?' in self.url else '?'}{query}"
         try:
-            ws = await connect(full, max_size=None, open_timeout=OPEN_TIMEOUT_S)
+            ws = await connect(
+                full, max_size=None, open_timeout=OPEN_TIMEOUT_S, close_timeout=CLOSE_TIMEOUT_S
+            )
         except InvalidStatus as exc:
             raise _refusal(self.url, exc) from exc
         except InvalidURI as exc:
