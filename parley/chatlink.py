@@ -240,13 +240,9 @@ class Turn:
             except ConnectionClosed:
                 await self._reattach(sink)
                 continue
-            if (
-                frame.get("type") == Event.ERROR
-                and frame.get("code") == "stream_expired"
-                and "seq" not in frame
-            ):
+            if _refused_resume(frame):
                 if frame.get("request_id") == self.request_id:
-                    outcome = await self._expired(sink)
+                    outcome = await self._expired(sink, str(frame.get("code")))
                     if outcome is not None:
                         return outcome
                 continue
@@ -290,15 +286,16 @@ class Turn:
     def _outcome(self, status: str) -> Outcome:
         return Outcome(status, "".join(self.parts), self.session_id, self.error)
 
-    async def _expired(self, sink: Sink) -> Outcome | None:
-        """The server forgot the turn: resend a request it may never have got, else read the stored answer."""
-        if self.last_seq < 0 and not self._resent:
+    async def _expired(self, sink: Sink, code: str) -> Outcome | None:
+        """The server cannot follow the turn for us: resend a request it may never have got, else read the
+        stored answer."""
+        if code == "stream_expired" and self.last_seq < 0 and not self._resent:
             self._resent = True
             await self.link.send(self.frame)
             return None
         if self.session_id is None:
             raise ChatFailure("the server no longer has this turn and it named no session to read it from")
-        sink.notice("the server no longer keeps this turn's events: reading the answer from the REST API")
+        sink.notice(f"the server cannot resume this turn ({code}): reading the answer from the REST API")
         message = await self._stored_answer()
         content = str(message.get("content") or "")
         shown = "".join(self.parts)
@@ -329,9 +326,10 @@ class Turn:
         raise ChatFailure(f"the answer is still streaming on the server; read it later from {url}")
 
 
-def _expiry(frame: dict[str, Any]) -> bool:
-    """A resume's refusal: the server no longer keeps the turn's events."""
-    return frame.get("type") == Event.ERROR and frame.get("code") == "stream_expired" and "seq" not in frame
+def _refused_resume(frame: dict[str, Any]) -> bool:
+    """An error outside any turn (no ``seq``): for our ``request_id``, a refused resume — ``stream_expired``
+    (the server no longer keeps the turn's events), ``cluster_unavailable``."""
+    return frame.get("type") == Event.ERROR and "seq" not in frame
 
 
 def _answer_of(messages: Iterable[dict[str, Any]], request_id: str) -> dict[str, Any]:

@@ -134,7 +134,7 @@ async def test_an_answer_that_ended_while_disconnected_is_read_from_rest(tmp_pat
             proxy.refusing = False
             code, out, err = await chat.finish(timeout=20)
     assert code == 0, err
-    assert "reading the answer from the REST API" in err
+    assert "cannot resume this turn (stream_expired): reading the answer from the REST API" in err
     assert out == TEXT[:500] + "\n"
 
 
