@@ -15,7 +15,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from parley import __version__, chat, logs
+import parley.chat as chat
+from parley import __version__, logs
 from parley.auth import mint_token
 from parley.config import Settings
 from parley.preflight import (
