@@ -1,4 +1,4 @@
-"""The ``parley`` command: ``serve``, ``token`` and ``migrate``.
+"""The ``parley`` command: ``serve``, ``token``, ``migrate`` and ``chat`` (parley/chat.py).
 
 A configuration mistake ends any of them with exit code 2 and one line on stderr, ``parley: …``, naming the
 variable or file (parley/preflight.py); ``--debug`` or ``PARLEY_LOG_LEVEL=debug`` adds the traceback.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+import parley.chat as chat
 from parley import __version__, logs
 from parley.auth import DEV_CUSTOMER, DEV_TOKEN_TTL_S, settings_token
 from parley.config import Settings
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--dev", action="store_true", help="sign with the dev secret in PARLEY_DATA_DIR")
 
     commands.add_parser("migrate", help="apply the database migrations", parents=[common])
+    chat.add_parser(commands, common)
     return parser
 
 
@@ -81,6 +83,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.command == "serve":
         return _serve(settings, args)
+    if args.command == "chat":
+        return chat.run(settings, args)
     logs.configure(settings)
     if args.command == "token":
         print(_token_command(settings, args))
