@@ -17,14 +17,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from parley.auth import mint_token
+from parley.auth import DEV_CUSTOMER, mint_token
 from parley.chatlink import ChatFailure, Link, Outcome, Turn, chat_frame
 from parley.chatlink import Settings as RequestSettings
 from parley.config import Settings
 from parley.preflight import ConfigError
 
 DEFAULT_URL = "ws://127.0.0.1:8000/chat/ws"
-DEV_CUSTOMER_ID = "1"  # the customer of the token `parley serve --dev` prints
 DEV_TOKEN_TTL_S = 24 * 3600
 PROMPT = "> "
 EXIT_COMMANDS = frozenset({"/exit", "/quit"})
@@ -102,7 +101,7 @@ def _token(settings: Settings, given: str | None) -> str:
             f"no token: give --token (or JWT_TOKEN), or start `parley serve --dev` with this PARLEY_DATA_DIR "
             f"({settings.data_dir}) so there is a dev secret to sign one with"
         )
-    return mint_token(secret, DEV_CUSTOMER_ID, DEV_TOKEN_TTL_S, settings.jwt_audience, settings.jwt_issuer)
+    return mint_token(secret, DEV_CUSTOMER, DEV_TOKEN_TTL_S, settings.jwt_audience, settings.jwt_issuer)
 
 
 def _options(pairs: list[list[str]]) -> dict[str, Any]:
