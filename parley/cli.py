@@ -94,8 +94,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from parley.app import create_app
-    from parley.server import ParleyServer
     from parley.workers import refusal, run_workers
 
     updates = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
@@ -111,6 +109,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     check_files(settings)
     check_redis(settings)
     asyncio.run(check_database(settings))
+    from parley.app import create_app  # the whole server: imported once the settings are known to be good
+    from parley.server import ParleyServer
+
     try:
         app = create_app(settings)  # also when the workers build their own: a bad setting fails here, once
     except (ValueError, OSError) as exc:
