@@ -130,7 +130,9 @@ async def test_an_answer_that_ended_while_disconnected_is_read_from_rest(tmp_pat
             proxy.refusing = True
             proxy.cut()
             await ended(http)  # the turn goes on detached to its end; then its events are forgotten
-            await asyncio.sleep(0.2)  # past PARLEY_RESUME_TTL_S: the resume gets stream_expired
+            streams = server.runtime.streams
+            later = streams.clock() + 1  # the server's clock, moved past PARLEY_RESUME_TTL_S
+            streams.clock = lambda: later
             proxy.refusing = False
             code, out, err = await chat.finish(timeout=20)
     assert code == 0, err
