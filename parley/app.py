@@ -17,6 +17,7 @@ from parley.api import docs, errors, web
 from parley.api.body_limit import BodyLimit
 from parley.api.export import router as export_router
 from parley.api.health import router as health_router
+from parley.api.metrics import router as metrics_router
 from parley.api.models import router as models_router
 from parley.api.search import router as search_router
 from parley.api.sessions import router as sessions_router
@@ -26,6 +27,7 @@ from parley.api.websocket import route as websocket_route
 from parley.auth import TokenVerifier
 from parley.cluster import Cluster
 from parley.config import Settings
+from parley.metrics import Metrics
 from parley.providers.registry import ModelRegistry, build_provider, load_models_file
 from parley.recovery import Lease, new_process_id
 from parley.services import Runtime, TurnServices
@@ -62,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with McpManager(mcp_servers) as mcp:
                 tools = ToolRegistry([*builtin_tools(), *mcp.tools()], limits)
                 supervisor = Supervisor()
-                store = Store(engine, new_process_id())
+                metrics = Metrics(settings.metrics)
+                metrics.providers(registry.provider_names())
+                store = Store(engine, new_process_id(), metrics)
                 streams = TurnStreams(
                     settings.resume_ttl_s, settings.resume_buffer_bytes, settings.resume_turn_bytes
                 )
@@ -70,7 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if settings.redis_url:
                     lease_s, ttl_s = settings.owner_lease_s, settings.resume_ttl_s
                     cluster = Cluster(settings.redis_url, streams, store, store.owner_id, lease_s, ttl_s)
-                services = TurnServices(settings, store, registry, streams, supervisor, tools, cluster)
+                services = TurnServices(
+                    settings, store, registry, streams, supervisor, tools, cluster, metrics
+                )
                 runtime = Runtime(settings, verifier, services, supervisor, mcp)
                 lease = Lease(
                     store,
@@ -85,12 +91,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     asyncio.create_task(lease.run(), name="parley-lease"),
                     asyncio.create_task(streams.run_expiry(), name="parley-resume-expiry"),
                 ]
+                if metrics.enabled:
+                    background.append(asyncio.create_task(metrics.run_flush(), name="parley-metrics-flush"))
                 app.state.runtime = runtime
                 try:
                     yield
                     await runtime.supervisor.drain(settings.shutdown_grace_s)
                 finally:
                     await _stop(background)
+                    metrics.flush()
                     if cluster is not None:
                         await cluster.close()  # the turns' last events reach the other processes
                     await lease.stop()
@@ -111,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.include_router(health_router)
+    if settings.metrics:
+        app.include_router(metrics_router)
     # export before sessions: /sessions/import is not a session id.
     routers = (export_router, sessions_router, search_router, models_router, tools_router, turns_router)
     for router in routers:

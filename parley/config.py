@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     models_file: Path | None = Field(default=None, description="TOML file of provider endpoints and aliases")
     context_budget_chars: int = Field(default=400_000, ge=1000)
     auto_title: bool = Field(default=False, description="a model-written title after the first answer")
+    metrics: bool = Field(default=True, description="GET /metrics, Prometheus's text format; false: off")
 
     mcp_file: Path | None = Field(default=None, description="TOML file of MCP servers whose tools to offer")
     tool_timeout_s: float = Field(default=30.0, gt=0, description="the longest one tool call may run")

@@ -332,6 +332,7 @@ class Connection:
         self._follow(found, follower)
         if caught_up:
             found.attach(follower)
+            self.services.metrics.resume("replayed")
         else:
             self._in_background(self._catch_up(follower), "resume")
 
@@ -343,6 +344,7 @@ class Connection:
                 await outbox.wait_ready()  # gives up on (drops) a client that stalls
                 if follower.catch_up():
                     follower.log.attach(follower)
+                    self.services.metrics.resume("replayed")
                     return
         except Expired:  # the log dropped what this follower still needed while it waited
             self._unfollow(follower)
@@ -350,6 +352,7 @@ class Connection:
 
     def _expired(self, request_id: str) -> None:
         """The same answer for a turn that is unknown, expired, evicted or another customer's."""
+        self.services.metrics.resume("expired")
         self.send({**frame_error("stream_expired", STREAM_EXPIRED), "request_id": request_id})
 
     def _follow(self, log: TurnLog, follower: Follower) -> None:

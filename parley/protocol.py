@@ -6,6 +6,7 @@ This is the only place event names and payload shapes live; everything else impo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any, Literal, Protocol
@@ -308,6 +309,20 @@ class EventLog(Protocol):
         ...
 
 
+class DeltaCount:
+    """The text events this process sent, and how many of them ``parley_text_deltas_total`` was told of
+    (parley/metrics.py): one integer on the hot path, not a metric's lock per delta."""
+
+    __slots__ = ("flushed", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.flushed = 0
+
+
+DELTAS = DeltaCount()
+
+
 class TurnEmitter:
     """Shapes one turn's events and logs them; the log numbers them and hands them to the followers.
 
@@ -316,10 +331,11 @@ class TurnEmitter:
     reasoning or tool event is logged any more, only the closing events.
     """
 
-    __slots__ = ("_first_text", "_log", "complete", "cut", "request_id", "session_id")
+    __slots__ = ("_first_text", "_log", "complete", "cut", "on_first_text", "request_id", "session_id")
 
     def __init__(self, log: EventLog, request_id: str) -> None:
         self._log = log
+        self.on_first_text: Callable[[], None] | None = None  # told once, as the first text is logged
         self.request_id = request_id
         self.session_id: str | None = None
         self.complete = False
@@ -347,9 +363,12 @@ class TurnEmitter:
                 quoted = _dumps(delta).decode()
             except orjson.JSONEncodeError:
                 delta, quoted = encoded(delta)
+        DELTAS.sent += 1
         if self._first_text:
             self._first_text = False
             self._log.append(_TEXT, '"content":' + quoted, True)
+            if self.on_first_text is not None:
+                self.on_first_text()
         else:
             self._log.append(_TEXT, '"content":' + quoted)
         return delta

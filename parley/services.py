@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 
 from parley.auth import TokenVerifier
 from parley.config import Settings
+from parley.metrics import OFF, Metrics
 from parley.protocol import EventLog
 from parley.providers.registry import ModelRegistry
 from parley.store.repository import Store
@@ -42,6 +43,7 @@ class TurnServices:
     supervisor: Supervisor | None = None  # owns work that outlives a turn (model-written titles)
     tools: ToolRegistry = field(default_factory=ToolRegistry)  # built-ins and MCP tools, for agentic turns
     cluster: Cluster | None = None  # with PARLEY_REDIS_URL: the other processes' turns (parley/cluster/)
+    metrics: Metrics = OFF  # what /metrics shows (parley/metrics.py); off unless the app turns it on
 
 
 @dataclass

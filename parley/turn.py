@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,10 @@ class Turn:
         self.log.cancel = self.cancel
         self.log.stop = self.stop
         self.events = TurnEmitter(self.log, self.request_id)
+        self.events.on_first_text = self._first_text
+        self.arrived = time.perf_counter()  # the request's arrival: what its metrics measure from
+        self._cancel_asked: float | None = None
+        self._provider: str | None = None  # the provider's name, once the model resolved
         self.cancel_requested = False
         # why the server stopped it (``turn_too_long``, ``session_deleted``); None: a client's cancel
         self.stop_code: str | None = None
@@ -118,6 +123,8 @@ class Turn:
         down, which under load is a few turns of a busy event loop later. The streaming task is then
         cancelled, and takes the cancellation back (``_stream``).
         """
+        if not self.cancel_requested:
+            self._cancel_asked = time.perf_counter()
         self.cancel_requested = True
         streaming = self._streaming
         if streaming is None or self.events.cut or self.events.complete:
@@ -125,8 +132,19 @@ class Turn:
         streaming.streamer.text.close()
         if streaming.loop is not None:
             streaming.loop.abandon(CANCELLED_OUTPUT, "cancelled")
-        self.events.cancelled(self.stop_code)
+        self._say_cancelled()
         streaming.task.cancel()
+
+    def _say_cancelled(self) -> None:
+        """``cancelled``, once; a client's cancel is timed from when it reached the turn."""
+        if self.events.cut or self.events.complete:
+            return
+        self.events.cancelled(self.stop_code)
+        if self.stop_code is None and self._cancel_asked is not None:
+            self.services.metrics.cancelled(self._cancel_asked)
+
+    def _first_text(self) -> None:
+        self.services.metrics.first_text(self.arrived)
 
     def _overtime(self) -> None:
         """Running longer than ``PARLEY_MAX_TURN_S``: stopped as a cancel stops it, told apart by its code."""
@@ -146,14 +164,19 @@ class Turn:
         """End a turn that will not run (queue full, server shutting down) with its full bracket."""
         self._announce()
         self._fail(error)
+        self.services.metrics.turn_ended("error", self._provider, self.arrived, running=False)
 
     async def run(self) -> TurnStatus:
         """Run the turn to its end; whatever happens, the client gets the closing events. One that runs
         longer than ``PARLEY_MAX_TURN_S`` is stopped (``_overtime``)."""
+        metrics = self.services.metrics
+        status: TurnStatus = "error"
         with logs.turn_context(self.request_id):
             timer = asyncio.get_running_loop().call_later(self.services.settings.max_turn_s, self._overtime)
+            metrics.turn_started()
             try:
-                return await self._run()
+                status = await self._run()
+                return status
             except Exception:
                 log.exception("turn %s failed unexpectedly", self.request_id)
                 if self.events.complete:
@@ -162,6 +185,7 @@ class Turn:
             finally:
                 timer.cancel()
                 self.log.cancel = None
+                metrics.turn_ended(status, self._provider, self.arrived, running=True)
 
     async def _run(self) -> TurnStatus:
         resolved = self._announce()
@@ -212,7 +236,7 @@ class Turn:
             resolved: Resolved | ParleyError = self.services.registry.resolve(model)
         except ParleyError as exc:
             resolved = exc
-        provider = resolved.provider.name if isinstance(resolved, Resolved) else None
+        provider = self._provider = resolved.provider.name if isinstance(resolved, Resolved) else None
         self.events.working(request_type if isinstance(request_type, str) else "text", model, provider)
         return resolved
 
@@ -382,12 +406,15 @@ class Turn:
         if isinstance(outcome, ParleyError):
             status, error_code = "error", outcome.code
             self.events.error(outcome.stage, outcome.code, outcome.message)
+            if outcome.stage == "provider":
+                self.services.metrics.provider_error(outcome.code)
         else:
             status = outcome
             if status == "cancelled":
                 error_code = self.stop_code
-                self.events.cancelled(self.stop_code)  # said already if it was cut while streaming
+                self._say_cancelled()  # said already if it was cut while streaming
         usage = dict(answer.usage) or None
+        self.services.metrics.tokens(usage)
         try:
             stored = await self.services.store.finish_turn(
                 session_id=record.session_id,

@@ -6,6 +6,10 @@ workers share nothing in memory: they are the processes of a cluster (parley/clu
 needs Redis and PostgreSQL. SIGTERM or SIGINT to the parent is passed to every worker (as SIGTERM), and each
 drains its turns as a lone server would; a worker that dies otherwise is started again, and a worker whose
 parent was killed outright drains and exits.
+
+Metrics: the workers keep theirs in files of one directory (``PROMETHEUS_MULTIPROC_DIR``: the operator's,
+else a fresh temporary one, removed at the end), so that ``/metrics`` on any of them shows the sum
+(parley/metrics.py). The parent empties it before the first worker starts, and drops a dead worker's gauges.
 """
 
 from __future__ import annotations
@@ -14,17 +18,23 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from parley import logs
 from parley.config import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # parley/metrics.py reads it when it is imported
 
 log = logging.getLogger("parley.workers")
 
@@ -63,6 +73,32 @@ def bind(settings: Settings) -> socket.socket:
 
 def run_workers(settings: Settings, workers: int, updates: dict[str, Any]) -> int:
     """Run ``workers`` server processes until SIGTERM/SIGINT; 0 when every one drained and exited cleanly."""
+    with metrics_directory(settings.metrics) as metrics_dir:
+        return _run(settings, workers, updates, metrics_dir)
+
+
+@contextlib.contextmanager
+def metrics_directory(enabled: bool) -> Iterator[Path | None]:
+    """The workers' metrics directory, emptied of an earlier run's files (their counts are not this run's)
+    and named to the workers through the environment they inherit; a temporary one is removed after."""
+    if not enabled:
+        yield None
+        return
+    given = os.environ.get(MULTIPROC_ENV)
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="parley-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if not given:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _run(settings: Settings, workers: int, updates: dict[str, Any], metrics_dir: Path | None) -> int:
     sock = bind(settings)
     context = multiprocessing.get_context("spawn")
     stopping = False
@@ -91,6 +127,8 @@ def run_workers(settings: Settings, workers: int, updates: dict[str, Any]) -> in
                         process.pid,
                         process.exitcode,
                     )
+                    if metrics_dir is not None and process.pid is not None:
+                        forget_gauges(metrics_dir, process.pid)  # its turns and connections are gone
                     time.sleep(RESPAWN_PAUSE_S)
                     processes[index] = start(index)
     finally:
@@ -102,7 +140,21 @@ def run_workers(settings: Settings, workers: int, updates: dict[str, Any]) -> in
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
-    return 0 if all(p.exitcode == 0 for p in processes) else 1
+    return 0 if all(stopped_cleanly(p.exitcode) for p in processes) else 1
+
+
+def stopped_cleanly(exitcode: int | None) -> bool:
+    """Drained and exited; or ended by the SIGTERM itself, which only happens to a worker still starting
+    (before it handles the signal: it had no turns yet), as when the whole process group is signalled."""
+    return exitcode in (0, -signal.SIGTERM)
+
+
+def forget_gauges(metrics_dir: Path, pid: int) -> None:
+    """A dead worker's live gauges (``parley_turns_active``, ``parley_connections_active``) stop counting;
+    its counters and histograms stay in the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
 
 
 def send_signal(pid: int, sig: signal.Signals) -> None:

@@ -41,7 +41,12 @@ async def chat_ws(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     connection = Connection(websocket, identity, runtime.services, runtime.supervisor, dialect)  # type: ignore[arg-type]
-    await connection.serve()
+    metrics = runtime.services.metrics
+    metrics.connection_opened()
+    try:
+        await connection.serve()
+    finally:
+        metrics.connection_closed()
 
 
 async def _deny(websocket: WebSocket, status_code: int, code: str, message: str) -> None:

@@ -192,6 +192,10 @@ class ModelRegistry:
             code="provider_not_configured",
         )
 
+    def provider_names(self) -> list[str]:
+        """The providers that can answer (configured ones)."""
+        return [endpoint.name for endpoint in self.endpoints.values() if endpoint.configured]
+
     def provider(self, endpoint: Endpoint) -> Provider:
         if endpoint.name not in self._built:
             self._built[endpoint.name] = self.factory(endpoint)

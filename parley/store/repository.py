@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.errors import DatabaseFailed, ParleyError
+from parley.metrics import OFF, Metrics
 from parley.store.branches import ContextMessage
 from parley.store.db import DbSession, WriteGate, read_again_if_dead, read_retried, sessionmaker
 from parley.store.history import History
@@ -41,8 +43,9 @@ def parse_uuid(value: str) -> uuid.UUID | None:
 class Store:
     """Sessions and messages over one engine. Every failure surfaces as ``DatabaseFailed``."""
 
-    def __init__(self, engine: AsyncEngine, owner_id: str | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, owner_id: str | None = None, metrics: Metrics = OFF) -> None:
         self.engine = engine
+        self.metrics = metrics  # times the turns' writes (``parley_db_write_seconds``)
         self.owner_id = owner_id or uuid.uuid4().hex  # this server process, the owner of its answers
         self._sessions = sessionmaker(engine)
         self.writing = WriteGate(engine)
@@ -149,8 +152,9 @@ class Store:
         return self._writer.engine
 
     async def run(self, write: Write[T], failure: str) -> T:
-        """Run a write function in the turns' writer (see writer.py); any failure is ``DatabaseFailed``."""
-        return await self._write(write, failure)
+        """Run a write function in the turns' writer (see writer.py); any failure is ``DatabaseFailed``.
+        Housekeeping (leases, recovery): not in ``parley_db_write_seconds``, which times the turns'."""
+        return await self._write(write, failure, timed=False)
 
     async def _retried(self, write: Write[T], failure: str) -> T:
         """A turn's start or end: tried again a moment later when it fails (its connection may have died;
@@ -163,13 +167,17 @@ class Store:
             await asyncio.sleep(pause)
         return await self._write(write, failure)
 
-    async def _write(self, write: Write[T], failure: str) -> T:
+    async def _write(self, write: Write[T], failure: str, timed: bool = True) -> T:
+        started = time.perf_counter() if timed else None
         try:
             return await self._writer.run(write)
         except ParleyError:
             raise  # a refusal (session_not_found, …) or the writer's own DatabaseFailed
         except Exception as exc:  # SQLAlchemy's, and what drivers raise past it (asyncpg's, OSError)
             raise DatabaseFailed(failure) from exc
+        finally:
+            if started is not None:
+                self.metrics.db_write(time.perf_counter() - started)
 
     async def close(self) -> None:
         """Finish the queued writes and stop the writer; the engine is the caller's to dispose."""

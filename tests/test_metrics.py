@@ -1,0 +1,386 @@
+"""``GET /metrics`` (parley/metrics.py): scraped with prometheus-client's own text parser during and after
+real turns (completed, cancelled, failed at the provider, refused, resumed), with ``PARLEY_METRICS=false``,
+and under ``parley serve --workers 2``, where any worker's answer must be the sum of all of them.
+
+The single-process tests share the test process's metrics with every other in-process server, so each
+compares a scrape after with one before."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from parley.metrics import CONTENT_TYPE_LATEST
+from tests.cluster_helpers import Cluster, cluster, redis_url
+from tests.conftest import LiveServer, live_server, make_settings
+from tests.invariants import check_turn, kind_of
+from tests.resume_helpers import SLOW, drop, next_error, resume_frame, resumed, until_seq
+from tests.test_cluster_edges import children, cmdline
+from tests.test_recovery import poll
+from tests.wsclient import ChatClient
+
+__all__ = ["cluster", "redis_url"]  # fixtures
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+# Every metric the issue names (dashboards use these), with the labels each may carry.
+NAMED = {
+    "parley_turns_total": {"status", "provider"},
+    "parley_turns_active": set(),
+    "parley_connections_active": set(),
+    "parley_first_text_seconds": {"le"},
+    "parley_turn_duration_seconds": {"le"},
+    "parley_text_deltas_total": set(),
+    "parley_tokens_total": {"kind"},
+    "parley_cancel_seconds": {"le"},
+    "parley_resumes_total": {"outcome"},
+    "parley_provider_errors_total": {"code"},
+    "parley_db_write_seconds": {"le"},
+}
+HISTOGRAMS = [name for name, labels in NAMED.items() if labels == {"le"}]
+
+
+class Scrape:
+    """One scrape of /metrics, parsed by prometheus-client: each sample's value by name and labels."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[Sample, float] = {}
+        self.types: dict[str, str] = {}
+        for family in text_string_to_metric_families(text):
+            self.types[family.name] = family.type
+            for sample in family.samples:
+                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+
+    def get(self, name: str, **labels: str) -> float:
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def count(self, histogram: str) -> float:
+        return self.get(f"{histogram}_count")
+
+    def parley(self) -> dict[Sample, float]:
+        return {key: value for key, value in self.samples.items() if key[0].startswith("parley_")}
+
+    def __sub__(self, before: Scrape) -> dict[Sample, float]:
+        """What changed since ``before``, sample by sample (only Parley's, only those that moved)."""
+        keys = set(self.parley()) | set(before.parley())
+        moved = {k: self.samples.get(k, 0.0) - before.samples.get(k, 0.0) for k in keys}
+        return {k: v for k, v in moved.items() if v}
+
+
+async def scrape(url: str) -> Scrape:
+    async with httpx.AsyncClient(timeout=10) as http:  # a new connection each time: any worker may answer
+        response = await http.get(f"{url}/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+    return Scrape(response.text)
+
+
+def changed(after: Scrape, before: Scrape, *names: str) -> dict[Sample, float]:
+    """The moves of the samples named (a histogram by its ``_count``), with their labels."""
+    wanted = {n if not n.endswith("_seconds") else f"{n}_count" for n in names}
+    return {k: v for k, v in (after - before).items() if k[0] in wanted}
+
+
+def key(name: str, **labels: str) -> Sample:
+    return (name, frozenset(labels.items()))
+
+
+# -- one process ---------------------------------------------------------------------------------------
+
+
+async def test_every_named_metric_is_there_with_its_type_before_any_turn(sqlite_server: LiveServer) -> None:
+    now = await scrape(sqlite_server.http_url)
+    for name, labels in NAMED.items():
+        family = name.removesuffix("_total")
+        assert family in now.types, f"{name} is missing from /metrics"
+        expected = "counter" if name.endswith("_total") else "histogram" if "le" in labels else "gauge"
+        assert now.types[family] == expected, name
+    # the words a dashboard filters on are there at 0 before the first turn
+    for kind in ("input", "output"):
+        assert key("parley_tokens_total", kind=kind) in now.samples
+    for outcome in ("replayed", "expired"):
+        assert key("parley_resumes_total", outcome=outcome) in now.samples
+    for status in ("completed", "cancelled", "error"):
+        assert key("parley_turns_total", status=status, provider="demo") in now.samples
+    assert "_created" not in now.text
+
+
+async def test_a_completed_turn_moves_each_of_its_metrics_by_what_the_client_saw(
+    sqlite_server: LiveServer,
+) -> None:
+    url = sqlite_server.http_url
+    before = await scrape(url)
+    async with await sqlite_server.client("metrics-done") as client:
+        opened = await scrape(url)
+        assert opened.get("parley_connections_active") - before.get("parley_connections_active") == 1
+        turn = check_turn(await client.events(await client.chat("Hello", options={"chunks": 7})))
+        assert turn.status == "completed"
+        after = await scrape(url)
+    texts = sum(1 for kind in turn.kinds if kind == "text")
+    assert texts == 7
+    assert turn.usage is not None
+    moved = after - before
+    assert moved[key("parley_turns_total", status="completed", provider="demo")] == 1
+    assert moved[key("parley_text_deltas_total")] == texts
+    assert moved[key("parley_tokens_total", kind="output")] == turn.usage["output_tokens"]
+    assert moved[key("parley_tokens_total", kind="input")] == turn.usage["input_tokens"]
+    assert moved[key("parley_first_text_seconds_count")] == 1
+    assert moved[key("parley_turn_duration_seconds_count")] == 1
+    assert moved[key("parley_db_write_seconds_count")] >= 2  # the question, the answer
+    assert moved[key("parley_connections_active")] == 1, "the socket is still open"
+    assert key("parley_cancel_seconds_count") not in moved
+    assert key("parley_provider_errors_total", code="provider_error") not in moved
+    for histogram in ("parley_first_text_seconds", "parley_turn_duration_seconds"):
+        assert 0 < moved[key(f"{histogram}_sum")] < 10, histogram
+    closed = await poll(
+        lambda: scrape(url),
+        lambda s: s.get("parley_connections_active") == before.get("parley_connections_active"),
+        10,
+        "the closed socket no longer counted",
+    )
+    assert closed.get("parley_turns_active") == before.get("parley_turns_active")
+
+
+async def test_a_running_turn_is_active_and_its_deltas_count_as_they_go_then_a_cancel_is_timed(
+    sqlite_server: LiveServer,
+) -> None:
+    url = sqlite_server.http_url
+    before = await scrape(url)
+    async with await sqlite_server.client("metrics-cancel") as client:
+        rid = await client.chat("Count", options=SLOW)
+        await until_seq(client, rid, 40)
+        during = await scrape(url)
+        seen = sum(1 for frame in client.turns[rid] if kind_of(frame) == "text")
+        moved = during - before
+        assert moved[key("parley_turns_active")] == 1
+        assert moved[key("parley_connections_active")] == 1
+        assert seen <= moved[key("parley_text_deltas_total")] < 300, "counted live, at the scrape"
+        assert key("parley_turns_total", status="completed", provider="demo") not in moved
+
+        await client.send({"type": "cancel", "request_id": rid})
+        turn = check_turn(await client.events(rid))
+        after = await scrape(url)
+    assert turn.status == "cancelled"
+    moved = after - before
+    assert moved[key("parley_turns_total", status="cancelled", provider="demo")] == 1
+    assert moved[key("parley_cancel_seconds_count")] == 1
+    assert 0 <= moved.get(key("parley_cancel_seconds_sum"), 0.0) < 5
+    assert key("parley_turns_active") not in moved, "the cancelled turn is no longer running"
+    texts = sum(1 for kind in turn.kinds if kind == "text")
+    assert moved[key("parley_text_deltas_total")] == texts, "nothing counted past the cut"
+
+
+async def test_a_cancel_before_the_answer_streams_is_timed_too_and_a_server_stop_is_not(
+    tmp_path: Path,
+) -> None:
+    async with live_server(make_settings(tmp_path, max_turn_s=1.0)) as server:
+        url = server.http_url
+        before = await scrape(url)
+        async with await server.client("metrics-early") as client:
+            first = await client.chat("Long", options={"chunks": 400, "delay_ms": 20})  # stopped at 1 s
+            queued = await client.chat("Waits behind the first")
+            await client.send({"type": "cancel", "request_id": queued})
+            stopped = check_turn(await client.events(first))
+            early = check_turn(await client.events(queued))
+        after = await scrape(url)
+    assert (stopped.status, stopped.only("cancelled").get("code")) == ("cancelled", "turn_too_long")
+    assert early.status == "cancelled"
+    moved = after - before
+    assert moved[key("parley_turns_total", status="cancelled", provider="demo")] == 2
+    assert moved[key("parley_cancel_seconds_count")] == 1, "the client's cancel only, not the server's stop"
+
+
+async def test_a_provider_error_and_a_refused_request_are_counted_apart(sqlite_server: LiveServer) -> None:
+    url = sqlite_server.http_url
+    before = await scrape(url)
+    async with await sqlite_server.client("metrics-fail") as client:
+        failed = check_turn(await client.events(await client.chat("Fail", options={"fail_after": 3})))
+        refused = check_turn(await client.events(await client.chat("Hi", model="no-such-model")))
+    after = await scrape(url)
+    assert failed.status == refused.status == "error"
+    assert failed.error is not None and failed.error["code"] == "provider_error"
+    assert refused.error is not None and refused.error["code"] == "unknown_model"
+    moved = after - before
+    assert moved[key("parley_provider_errors_total", code="provider_error")] == 1
+    assert moved[key("parley_turns_total", status="error", provider="demo")] == 1
+    assert moved[key("parley_turns_total", status="error", provider="none")] == 1, "no provider resolved"
+    assert moved[key("parley_turn_duration_seconds_count")] == 2
+    assert moved[key("parley_first_text_seconds_count")] == 1, "the failed turn sent 3 deltas first"
+    assert moved[key("parley_text_deltas_total")] == 3
+    assert not [k for k in moved if k[0] == "parley_provider_errors_total" and k != failed_key()]
+
+
+def failed_key() -> Sample:
+    return key("parley_provider_errors_total", code="provider_error")
+
+
+async def test_resumes_are_counted_as_replayed_or_expired(sqlite_server: LiveServer) -> None:
+    url = sqlite_server.http_url
+    who = "metrics-resume"
+    before = await scrape(url)
+    first = await sqlite_server.client(who)
+    rid = await first.chat("Count", options=SLOW)
+    await until_seq(first, rid, 20)
+    await drop(first, "abort")
+    async with await sqlite_server.client(who) as second:
+        frames = await resumed(second, rid, 20)
+        assert frames[0]["seq"] == 21
+        await second.send(resume_frame(f"never-{uuid.uuid4().hex}", 0))
+        assert (await next_error(second))["code"] == "stream_expired"
+        again = await resumed(second, rid, 290)  # after the end: replayed from the kept log
+        assert again[0]["seq"] == 291
+    after = await scrape(url)
+    moved = changed(after, before, "parley_resumes_total")
+    assert moved == {
+        key("parley_resumes_total", outcome="replayed"): 2,
+        key("parley_resumes_total", outcome="expired"): 1,
+    }
+
+
+async def test_no_label_ever_holds_a_customer_session_or_request_id(sqlite_server: LiveServer) -> None:
+    customer = f"cust-{uuid.uuid4().hex}"
+    request_id = f"req-{uuid.uuid4().hex}"
+    async with await sqlite_server.client(customer) as client:
+        done = check_turn(await client.events(await client.chat("Hi", request_id=request_id)))
+        await client.send(resume_frame(f"gone-{uuid.uuid4().hex}", 0))
+        await next_error(client)
+        now = await scrape(sqlite_server.http_url)
+    assert done.session_id is not None
+    for secret in (customer, request_id, done.session_id, "gone-"):
+        assert secret not in now.text
+    for (name, labels), _ in now.parley().items():
+        family = next((n for n in NAMED if name.startswith(n.removesuffix("_total"))), None)
+        assert family is not None, f"{name}: not a metric this test knows; check its labels, then add it"
+        assert {label for label, _ in labels} <= NAMED[family], (name, labels)
+
+
+async def test_metrics_off_answers_404_and_turns_still_run(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path, metrics=False)) as server:
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+            response = await http.get("/metrics")
+            assert response.status_code == 404
+            assert response.json()["code"] == "not_found"
+            openapi = (await http.get("/openapi.json")).json()
+        assert "/metrics" not in openapi["paths"]
+        async with await server.client() as client:
+            assert check_turn(await client.events(await client.chat("Hi"))).status == "completed"
+
+
+# -- parley serve --workers 2 -------------------------------------------------------------------------
+
+
+def per_worker(metrics_dir: Path, name: str, pattern: str) -> dict[int, float]:
+    """Each worker's own value of ``name`` (all its labels added), read from its files in the directory."""
+    found: dict[int, float] = {}
+    for path in metrics_dir.glob(pattern):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        for metric in MultiProcessCollector.merge([str(path)]):  # type: ignore[no-untyped-call]
+            for sample in metric.samples:
+                if sample.name == name:
+                    found[pid] = found.get(pid, 0.0) + sample.value
+    return found
+
+
+def workers_of(parent: int) -> list[int]:
+    return [pid for pid in children(parent) if "spawn_main" in cmdline(pid)]
+
+
+async def clients_on_both(
+    cluster: Cluster, ws_url: str, metrics_dir: Path, workers: Iterable[int]
+) -> list[ChatClient]:
+    """Open connections until each worker holds at least one (the kernel picks the worker)."""
+    clients: list[ChatClient] = []
+    wanted = set(workers)
+    for _ in range(60):
+        clients.append(await cluster.client(ws_url, "metrics-workers"))
+        held = per_worker(metrics_dir, "parley_connections_active", "gauge_livesum_*.db")
+        if {pid for pid, count in held.items() if count > 0} >= wanted and len(clients) >= 4:
+            return clients
+    pytest.fail(f"60 connections and not every worker got one: {held}")
+
+
+async def test_with_two_workers_every_scrape_is_the_sum_and_a_dead_workers_counts_stay(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale")  # an earlier run's: emptied at the start
+    server = cluster.launch(
+        "workers", "--workers", "2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), PARLEY_LOG_LEVEL="info"
+    )
+    await server.wait_healthy()
+    workers = await poll(
+        lambda: asyncio.to_thread(workers_of, server.proc.pid),
+        lambda pids: len(pids) == 2 and all(list(metrics_dir.glob(f"counter_{p}.db")) for p in pids),
+        30,
+        "two workers, each with its metrics files",
+    )
+    assert not (metrics_dir / "counter_999999.db").exists()
+    clients = await clients_on_both(cluster, server.ws_url, metrics_dir, workers)
+    try:
+        rids = [await c.chat("Hi", options={"chunks": 5}) for c in clients]
+        for client, rid in zip(clients, rids, strict=True):
+            assert check_turn(await client.events(rid)).status == "completed"
+        turns = per_worker(metrics_dir, "parley_turns_total", "counter_*.db")
+        assert sorted(turns) == sorted(workers) and all(turns.values()), f"both workers ran turns: {turns}"
+
+        for _ in range(8):  # new connections: both workers answer some of these
+            now = await poll(
+                lambda: scrape(server.http_url),
+                lambda s: s.get("parley_text_deltas_total") == 5 * len(clients),
+                5,
+                "every worker's deltas flushed",
+            )
+            assert now.get("parley_turns_total", status="completed", provider="demo") == len(clients)
+            assert now.get("parley_connections_active") == len(clients)
+            assert now.count("parley_turn_duration_seconds") == len(clients)
+            assert now.count("parley_first_text_seconds") == len(clients)
+            assert now.get("parley_turns_active") == 0
+
+        victim = workers[0]
+        held = per_worker(metrics_dir, "parley_connections_active", "gauge_livesum_*.db")[victim]
+        os.kill(victim, signal.SIGKILL)  # the parent starts another; the dead one's sockets are gone
+        await poll(
+            lambda: asyncio.to_thread(workers_of, server.proc.pid),
+            lambda pids: len(pids) == 2 and victim not in pids,
+            30,
+            "the dead worker replaced",
+        )
+        await poll(
+            lambda: asyncio.to_thread(lambda: server.stderr.count("Application startup complete")),
+            lambda started: started == 3,
+            30,
+            "the new worker serving",
+        )
+        after = await poll(
+            lambda: scrape(server.http_url),
+            lambda s: s.get("parley_connections_active") == len(clients) - held,
+            15,
+            "the dead worker's connections no longer counted",
+        )
+        assert after.get("parley_turns_total", status="completed", provider="demo") == len(clients)
+        assert after.get("parley_text_deltas_total") == 5 * len(clients), "a dead worker's counts stay"
+    finally:
+        for client in clients:
+            await asyncio.wait_for(client.close(), 5)
+    assert await cluster.terminate(server) == 0, server.describe()
+
+
+def test_each_histogram_has_buckets_up_to_inf_and_a_sum() -> None:
+    from parley import metrics
+
+    text = metrics.Metrics().exposition().decode()
+    now = Scrape(text)
+    for histogram in HISTOGRAMS:
+        assert key(f"{histogram}_bucket", le="+Inf") in now.samples, histogram
+        assert key(f"{histogram}_sum") in now.samples, histogram
