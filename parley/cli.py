@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -94,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from parley.workers import refusal, run_workers
+    from parley.workers import metrics_directory, refusal
 
     updates = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     if args.dev:
@@ -109,8 +111,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     check_files(settings)
     check_redis(settings)
     asyncio.run(check_database(settings))
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(metrics_directory(settings.metrics, args.workers))
+        except OSError as exc:
+            raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR: cannot use it: {one_line(exc)}") from exc
+        return _serve_app(settings, args, updates, log_config)
+
+
+def _serve_app(
+    settings: Settings, args: argparse.Namespace, updates: dict[str, Any], log_config: dict[str, Any]
+) -> int:
     from parley.app import create_app  # the whole server: imported once the settings are known to be good
     from parley.server import ParleyServer
+    from parley.workers import run_workers
 
     try:
         app = create_app(settings)  # also when the workers build their own: a bad setting fails here, once

@@ -72,26 +72,29 @@ def bind(settings: Settings) -> socket.socket:
 
 
 def run_workers(settings: Settings, workers: int, updates: dict[str, Any]) -> int:
-    """Run ``workers`` server processes until SIGTERM/SIGINT; 0 when every one drained and exited cleanly."""
-    with metrics_directory(settings.metrics) as metrics_dir:
-        return _run(settings, workers, updates, metrics_dir)
+    """Run ``workers`` server processes until SIGTERM/SIGINT; 0 when every one drained and exited cleanly.
+    Inside ``metrics_directory`` (the caller's), so that the workers' metrics add up."""
+    given = os.environ.get(MULTIPROC_ENV) if settings.metrics else None
+    return _run(settings, workers, updates, Path(given) if given else None)
 
 
 @contextlib.contextmanager
-def metrics_directory(enabled: bool) -> Iterator[Path | None]:
-    """The workers' metrics directory, emptied of an earlier run's files (their counts are not this run's)
-    and named to the workers through the environment they inherit; a temporary one is removed after."""
-    if not enabled:
-        yield None
-        return
+def metrics_directory(enabled: bool, workers: int) -> Iterator[None]:
+    """Where the processes of this ``parley serve`` keep their metrics, set up before parley.metrics is
+    imported (prometheus-client picks its mode then): ``PROMETHEUS_MULTIPROC_DIR`` when given, emptied of
+    an earlier run's files (their counts are not this run's); else, for several workers, a temporary one,
+    named to them through the environment they inherit and removed after; else none (in memory)."""
     given = os.environ.get(MULTIPROC_ENV)
+    if not enabled or (not given and workers == 1):
+        yield
+        return
     path = Path(given) if given else Path(tempfile.mkdtemp(prefix="parley-metrics-"))
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ[MULTIPROC_ENV] = str(path)
     try:
-        yield path
+        yield
     finally:
         if not given:
             os.environ.pop(MULTIPROC_ENV, None)

@@ -78,6 +78,9 @@ async def test_through_nginx_a_turn_is_resumed_read_and_cancelled_on_the_other_p
     await follow_until(follower, rid, after_seq=20, seq=40)
 
     async with httpx.AsyncClient(base_url=nginx.http_url, headers=bearer(cluster, who), timeout=10) as http:
+        # Prometheus scrapes each process's own port; through the balancer it would reach a random one
+        assert (await http.get("/metrics")).status_code == 404
+        assert (await http.get(f"{a.http_url}/metrics")).status_code == 200
         session_id = session_of(starter.turns[rid])
         live = (await http.get(f"/api/v1/sessions/{session_id}")).json()["messages"][-1]
         assert live["status"] == "streaming", live

@@ -19,11 +19,13 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from parley.auth import mint_token
 from parley.metrics import CONTENT_TYPE_LATEST
 from tests.cluster_helpers import Cluster, cluster, redis_url
 from tests.conftest import LiveServer, live_server, make_settings
 from tests.invariants import check_turn, kind_of
 from tests.resume_helpers import SLOW, drop, next_error, resume_frame, resumed, until_seq
+from tests.test_cli import SECRET, cli_env, free_port, one_turn, parley_serve, run_cli
 from tests.test_cluster_edges import children, cmdline
 from tests.test_recovery import poll
 from tests.wsclient import ChatClient
@@ -274,6 +276,43 @@ async def test_metrics_off_answers_404_and_turns_still_run(tmp_path: Path) -> No
         assert "/metrics" not in openapi["paths"]
         async with await server.client() as client:
             assert check_turn(await client.events(await client.chat("Hi"))).status == "completed"
+
+
+async def test_one_process_given_a_multiprocess_directory_counts_there_from_zero(tmp_path: Path) -> None:
+    """An operator's ``PROMETHEUS_MULTIPROC_DIR`` (a gunicorn habit) is honoured by a lone process too, and an
+    earlier run's files in it are not summed into this run's counts."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    env = cli_env(tmp_path / "data", PARLEY_JWT_SECRET=SECRET, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    async with parley_serve(earlier, env) as first:
+        assert (await one_turn(first.ws_url, first_token(), "demo")).status == "completed"
+    assert list(metrics_dir.glob("counter_*.db")), "the first run counted in the directory"
+    later = tmp_path / "later"
+    later.mkdir()
+    async with parley_serve(later, env) as second:
+        assert (await scrape(second.http_url)).get(
+            "parley_turns_total", status="completed", provider="demo"
+        ) == 0
+        await one_turn(second.ws_url, first_token(), "demo")
+        now = await scrape(second.http_url)
+        assert now.get("parley_turns_total", status="completed", provider="demo") == 1
+        assert now.get("parley_connections_active") == 0
+
+
+def first_token() -> str:
+    return mint_token(SECRET, "metrics-dir", 600)
+
+
+def test_an_unusable_multiprocess_directory_is_a_configuration_mistake(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = cli_env(tmp_path / "data", PARLEY_JWT_SECRET=SECRET, PROMETHEUS_MULTIPROC_DIR=str(blocker / "m"))
+    result = run_cli(["serve", "--port", str(free_port())], env, tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("parley: PROMETHEUS_MULTIPROC_DIR: "), line
 
 
 # -- parley serve --workers 2 -------------------------------------------------------------------------
