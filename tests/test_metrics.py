@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import httpx
@@ -22,15 +22,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from parley.auth import mint_token
 from parley.metrics import CONTENT_TYPE_LATEST
 from tests.cluster_helpers import Cluster, cluster, redis_url
-from tests.conftest import LiveServer, live_server, make_settings
+from tests.conftest import LiveServer, fake_anthropic, live_server, make_settings, use_fake
 from tests.invariants import check_turn, kind_of
+from tests.providers.fake_anthropic import FakeAnthropic
 from tests.resume_helpers import SLOW, drop, next_error, resume_frame, resumed, until_seq
 from tests.test_cli import SECRET, cli_env, free_port, one_turn, parley_serve, run_cli
 from tests.test_cluster_edges import children, cmdline
 from tests.test_recovery import poll
 from tests.wsclient import ChatClient
 
-__all__ = ["cluster", "redis_url"]  # fixtures
+__all__ = ["cluster", "fake_anthropic", "redis_url"]  # fixtures
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
@@ -224,6 +225,49 @@ async def test_a_provider_error_and_a_refused_request_are_counted_apart(sqlite_s
 
 def failed_key() -> Sample:
     return key("parley_provider_errors_total", code="provider_error")
+
+
+@pytest.fixture
+async def claude_server(
+    fake_anthropic: FakeAnthropic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LiveServer]:
+    """Parley on SQLite, its Anthropic provider (the real SDK) pointed at a local fake of the API."""
+    use_fake(monkeypatch, fake_anthropic)
+    async with live_server(make_settings(tmp_path, provider_retry_backoff_s=0.01)) as live:
+        yield live
+
+
+async def test_a_real_sdks_failures_count_by_code_and_its_usage_as_tokens(
+    claude_server: LiveServer, fake_anthropic: FakeAnthropic
+) -> None:
+    url = claude_server.http_url
+    failures = [
+        (429, "rate_limit_error", "Number of requests exceeded", "rate_limited"),
+        (
+            400,
+            "invalid_request_error",
+            "prompt is too long: 250000 tokens > 200000 maximum",
+            "context_too_long",
+        ),
+        (401, "authentication_error", "invalid x-api-key", "provider_error"),
+    ]
+    before = await scrape(url)
+    async with await claude_server.client("metrics-sdk") as client:
+        for status, error_type, message, code in failures:
+            fake_anthropic.fail(status, error_type, message)
+            failed = await client.turn(await client.chat("Hi", model="claude-sonnet-5-5"))
+            assert failed.error is not None and failed.error["code"] == code
+        fake_anthropic.script(text_chunks=["Hello", " there"], usage=(21, 7))
+        done = await client.turn(await client.chat("Hi", model="claude-sonnet-5-5"))
+    after = await scrape(url)
+    assert done.status == "completed"
+    moved = after - before
+    for _, _, _, code in failures:
+        assert moved[key("parley_provider_errors_total", code=code)] == 1, code
+    assert moved[key("parley_turns_total", status="error", provider="anthropic")] == 3
+    assert moved[key("parley_turns_total", status="completed", provider="anthropic")] == 1
+    assert moved[key("parley_tokens_total", kind="input")] == 21
+    assert moved[key("parley_tokens_total", kind="output")] == 7
 
 
 async def test_resumes_are_counted_as_replayed_or_expired(sqlite_server: LiveServer) -> None:
