@@ -76,6 +76,8 @@ class RunRecord:
     parley_env: dict[str, str] = field(default_factory=dict)  # Parley's settings over the bench's own
     revision: str = ""  # which Parley ran (a Parley server: "parley" or "baseline")
     repeat: int = 0  # which run of a case with ``repeats`` (0: the first)
+    # a Parley server's ``GET /metrics`` after the generator: HTTP status, ``parley_text_deltas_total``
+    metrics_probe: dict[str, Any] | None = None
 
     @property
     def coalesce_ms(self) -> float:
@@ -291,6 +293,7 @@ async def start_server(
     extra = parley_overrides(scenario, ctx)
     if redis_url:
         extra = {**extra, "PARLEY_REDIS_URL": redis_url}
+    variant = VARIANTS.get(kind, VARIANTS["parley"])
     return await asyncio.to_thread(
         start_parley,
         cores or ctx.server_cores,
@@ -301,6 +304,7 @@ async def start_server(
         extra,
         kind=parley,
         secret=secret,
+        metrics=variant.metrics,
     )
 
 
@@ -403,6 +407,8 @@ async def run_case(scenario: Scenario, case: Case, kind: str, ctx: Context) -> R
     record = RunRecord(scenario.name, case.label, case.level, kind, database)
     if kind in PARLEY_KINDS:
         record.parley_env = parley_overrides(scenario, ctx)
+        if not VARIANTS[kind].metrics:
+            record.parley_env["PARLEY_METRICS"] = "false"
         source = ctx.baseline if kind == "baseline" else ctx.source
         record.revision = source.description if source is not None else ""
     started = time.perf_counter()
@@ -444,6 +450,8 @@ async def wind_up(record: RunRecord, deployment: Deployment | None, pg: database
     """Stop the servers, read their logs and what they stored, remove their files and database."""
     try:
         if deployment is not None and deployment.servers:
+            if deployment.main.kind in PARLEY_KINDS and record.load:
+                record.metrics_probe = await asyncio.to_thread(deployment.main.probe_metrics)
             record.exit_code = await asyncio.to_thread(deployment.stop)
             record.log = deployment_findings(deployment.servers)
             server = deployment.main

@@ -33,6 +33,7 @@ from bench.results import (
 from bench.servers import PARLEY_BENCH_SETTINGS
 from bench.targets import (
     LOG_CPU_LIMIT,
+    METRICS_CPU_LIMIT,
     REDIS_CPU_LIMIT,
     REMOTE_MS,
     SCALE_LIMIT,
@@ -40,6 +41,8 @@ from bench.targets import (
     fine_times,
     machine_cpu_pct,
     median,
+    metrics_cpu_levels,
+    metrics_probes,
     paired,
     rss_growth,
     scaleout_cpu_levels,
@@ -656,11 +659,17 @@ CPU_HEAD = [
 
 
 def cpu_runs(
-    res: Results, scenario: str, levels: list[int], kinds: tuple[str, ...], versus: str
+    res: Results,
+    scenario: str,
+    levels: list[int],
+    kinds: tuple[str, ...],
+    versus: str,
+    names: dict[str, str] | None = None,
 ) -> tuple[list[list[str]], dict[str, str]]:
     """One row per run of each CPU case (repeat by repeat, ``kinds`` in turn), with the last kind ÷ the
     floor and ÷ ``versus``; then, with repeats, the median of the pairs' ratios and the ratio of the
-    best of each. Also the revision each kind ran."""
+    best of each. Also the revision each kind ran. ``names``: the servers' labels, over ``NAMES``."""
+    names = {**NAMES, **(names or {})}
     rows, revisions = [], {}
     top = kinds[-1]
     for level in levels:
@@ -678,7 +687,7 @@ def cpu_runs(
                 rows.append(
                     [
                         rec.label + (f", run {repeat + 1}" if len(repeats) > 1 else ""),
-                        NAMES[kind],
+                        names[kind],
                         rate(value(rec, "deltas_per_s")),
                         us(cpu),
                         times(ratio(cpu, value(floor, "server_cpu_per_delta_us"))),
@@ -694,7 +703,7 @@ def cpu_runs(
         pairs = paired(res, scenario, level, top, versus)
         if len(pairs) > 1:
             label = next(iter(runs[top].values())).label if runs[top] else str(level)
-            versus_name = f"{NAMES[top]} ÷ {NAMES[versus]}"
+            versus_name = f"{names[top]} ÷ {names[versus]}"
             rows.append(
                 [f"{label}: median", versus_name, *[""] * 3, fine_times(median([r for *_, r in pairs]))]
             )
@@ -860,6 +869,38 @@ def scaleout_cpu(res: Results) -> list[str]:
         *table(
             [h.format(versus="Parley") for h in CPU_HEAD if h != "÷ floor"], [r[:4] + r[5:] for r in rows]
         ),
+    ]
+
+
+METRICS_NAMES = {"parley": "metrics on", "nometrics": "metrics off"}
+
+
+def section_metrics(res: Results) -> list[str]:
+    """Prometheus metrics on beside ``PARLEY_METRICS=false``: CPU per delta, run by run."""
+    if not res.has("metrics"):
+        return []
+    levels = metrics_cpu_levels(res)
+    rows, _ = cpu_runs(res, "metrics", levels, ("nometrics", "parley"), "nometrics", METRICS_NAMES)
+    head = [h for h in CPU_HEAD if h != "÷ floor"]  # no floor in this scenario
+    probes = []
+    for kind in ("parley", "nometrics"):
+        seen = [p.get("status") for p in metrics_probes(res, kind)]
+        statuses = ", ".join(f"{s}" for s in sorted({str(s) for s in seen})) or "–"
+        probes.append(f"{METRICS_NAMES[kind]}: {statuses} ({len(seen)} runs)")
+    return [
+        "## Metrics: Prometheus on and off",
+        "",
+        *scenario_intro(res, "metrics"),
+        "CPU per delta of Parley on SQLite with its metrics off (`PARLEY_METRICS=false`, `nometrics`) and on "
+        "(the default, `parley`), back to back, fresh servers each run, the order reversed every other "
+        f"repeat. Target (issue #15): on ÷ off ≤ {METRICS_CPU_LIMIT:.2f}, judged on each server's lowest CPU "
+        "per delta over the runs (as in `resume` and `scaleout`: the machine's noise only ever adds CPU); "
+        "the median of the pairs' ratios is shown too. A 3% limit is below one run's noise on a shared "
+        "machine: judge it on a quiet one. `GET /metrics` after each run answered: "
+        + "; ".join(probes)
+        + ".",
+        "",
+        *table([h.format(versus="metrics off") for h in head], [r[:4] + r[5:] for r in rows]),
     ]
 
 
@@ -1160,6 +1201,11 @@ def section_settings(meta: dict[str, Any]) -> list[str]:
             if "scaleout" in (meta.get("scenarios") or {})
             else {}
         ),
+        **(
+            {"PARLEY_METRICS": "unset (on, Parley's default) / false (metrics: nometrics)"}
+            if "metrics" in (meta.get("scenarios") or {})
+            else {}
+        ),
         **(meta.get("parley_env") or {}),
     }
     lines = ["## Settings", "", "Parley's environment (anything else is Parley's default):", ""]
@@ -1390,6 +1436,7 @@ def render(
         *section_slow(res),
         *section_resume(res),
         *section_scaleout(res),
+        *section_metrics(res),
         *observations(res),
         *section_charts(charts),
         *section_profile(res, meta),

@@ -20,6 +20,7 @@ NAMES = {
     "sqlite": "Parley, SQLite",
     "redis": "Parley + Redis",
     "cluster": "2 processes + Redis",
+    "nometrics": "Parley, metrics off",
 }
 
 

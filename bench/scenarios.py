@@ -314,6 +314,39 @@ def scaleout(quick: bool) -> Scenario:
     )
 
 
+def metrics(quick: bool) -> Scenario:
+    """Prometheus metrics (parley/metrics.py, issue #15): CPU per delta of Parley with them on (its default)
+    ÷ with ``PARLEY_METRICS=false``, on SQLite, side by side in one run."""
+    n = 50 if quick else 100
+    single_timing = {"warmup_s": 0.5, "measure_s": 2.0} if quick else {"warmup_s": 1.0, "measure_s": 6.0}
+    sweep_timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
+    repeats = 1 if quick else 5  # take each server's lowest of the repeats, as `resume` and `scaleout` do
+    cases = [
+        Case(
+            "1 stream, 200 deltas",
+            1,
+            _stream(1, chunks=200, start_spread_s=0.0, **single_timing),
+            repeats=repeats,
+        ),
+        Case(f"{n} streams", n, _stream(n, chunks=200, start_spread_s=1.0, **sweep_timing), repeats=repeats),
+    ]
+    return Scenario(
+        "metrics",
+        "Metrics: Prometheus on and off",
+        "Parley on SQLite with its Prometheus metrics on (`parley`, the default: every turn, connection and "
+        "database write recorded, text deltas counted) and with `PARLEY_METRICS=false` (`nometrics`: "
+        "nothing recorded, no `GET /metrics`), the same code otherwise. CPU per delta, metrics on ÷ off: "
+        f"single stream 200-delta turns and {n} unpaced streams, the two servers back to back"
+        + (f", {repeats} times over (fresh servers each time)" if repeats > 1 else "")
+        + ". Nobody scrapes during the window; after it the harness reads `GET /metrics` once (200 with "
+        "the deltas counted when on, 404 when off). Not profiled with `--profile` (py-spy would share the "
+        "generator's core during a side-by-side comparison).",
+        cases,
+        servers=("nometrics", "parley"),
+        profiled=False,
+    )
+
+
 SCENARIOS = (
     "single",
     "sweep",
@@ -327,6 +360,7 @@ SCENARIOS = (
     "slow",
     "resume",
     "scaleout",
+    "metrics",
 )
 
 
@@ -345,6 +379,7 @@ def build(name: str, quick: bool) -> Scenario:
         "slow": slow,
         "resume": resume,
         "scaleout": scaleout,
+        "metrics": metrics,
     }
     return builders[name](quick)
 

@@ -42,17 +42,20 @@ class Variant:
     database: str | None = None  # None: the scenario's; "sqlite": SQLite whatever the scenario's is
     redis: bool = False  # with ``PARLEY_REDIS_URL`` (a redis-server of the run's own)
     processes: int = 1  # `parley serve` processes sharing the database and Redis (one JWT secret)
+    metrics: bool = True  # False: ``PARLEY_METRICS=false`` (no metrics recorded, no ``GET /metrics``)
 
 
 # The servers that are Parley. "baseline" is the code to compare with side by side (the `resume`
 # scenario); "sqlite" is Parley on SQLite beside the scenario's PostgreSQL (`sweep-postgres`); "redis" and
-# "cluster" are scale-out (`scaleout`): one process with Redis, and processes sharing PostgreSQL + Redis.
+# "cluster" are scale-out (`scaleout`): one process with Redis, and processes sharing PostgreSQL + Redis;
+# "nometrics" is Parley with its Prometheus metrics turned off, beside "parley" with them on (`metrics`).
 VARIANTS: dict[str, Variant] = {
     "parley": Variant(),
     "baseline": Variant(source="baseline"),
     "sqlite": Variant(database="sqlite"),
     "redis": Variant(redis=True),
     "cluster": Variant(redis=True, processes=CLUSTER_PROCESSES),
+    "nometrics": Variant(metrics=False),
 }
 PARLEY_KINDS = frozenset(VARIANTS)
 DEFAULT_BASELINE_REV = "0a9d2ec"  # the code before the turn event logs (parley/streams.py)
@@ -181,6 +184,23 @@ class Server:
         """SIGTERM, wait, SIGKILL if needed; return the exit code."""
         return stop_process(self.proc)
 
+    def probe_metrics(self, timeout_s: float = 5.0) -> dict[str, float | int | None]:
+        """``GET /metrics``: its HTTP status (404 with ``PARLEY_METRICS=false``; None if nothing
+        answered) and, when it answered 200, ``parley_text_deltas_total`` (the scrape flushes the count),
+        so a run shows whether its server recorded metrics."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                body = response.read().decode(errors="replace")
+                status = int(response.status)
+        except urllib.error.HTTPError as exc:
+            return {"status": exc.code, "text_deltas": None}
+        except (OSError, urllib.error.URLError):
+            return {"status": None, "text_deltas": None}
+        counted = [line for line in body.splitlines() if line.startswith("parley_text_deltas_total")]
+        deltas = float(counted[0].split()[-1]) if counted else None
+        return {"status": status, "text_deltas": deltas}
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -216,10 +236,16 @@ def start_floor(cores: set[int], scratch: Path) -> Server:
 
 
 def parley_env(
-    port: int, secret: str, data_dir: Path, database_url: str | None, extra: Mapping[str, str] | None = None
+    port: int,
+    secret: str,
+    data_dir: Path,
+    database_url: str | None,
+    extra: Mapping[str, str] | None = None,
+    metrics: bool = True,
 ) -> dict[str, str]:
     """Parley's ``PARLEY_*`` settings: where it listens and stores, the bench's settings, then ``extra``
-    (``--parley-env`` and the scenario's own) over them."""
+    (``--parley-env`` and the scenario's own) over them; without ``metrics``, ``PARLEY_METRICS=false``
+    over everything (it is what the variant is)."""
     env = {
         "PARLEY_HOST": "127.0.0.1",
         "PARLEY_PORT": str(port),
@@ -229,7 +255,10 @@ def parley_env(
     }
     if database_url:
         env["PARLEY_DATABASE_URL"] = database_url
-    return {**env, **(extra or {})}
+    env = {**env, **(extra or {})}
+    if not metrics:
+        env["PARLEY_METRICS"] = "false"
+    return env
 
 
 def start_parley(
@@ -241,13 +270,15 @@ def start_parley(
     extra_env: Mapping[str, str],
     kind: ServerKind = "parley",
     secret: str | None = None,
+    metrics: bool = True,
 ) -> Server:
     """Parley from ``source``; ``kind`` "baseline" when it is the revision to compare with. Processes of
-    one cluster are given the same ``secret`` (a token minted for one is good on all)."""
+    one cluster are given the same ``secret`` (a token minted for one is good on all). Without
+    ``metrics``, it runs with ``PARLEY_METRICS=false``."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=scratch))
     port = free_port()
     secret = secret or secrets.token_urlsafe(48)
-    env = parley_env(port, secret, workdir / "data", database_url, extra_env)
+    env = parley_env(port, secret, workdir / "data", database_url, extra_env, metrics)
     log_path = workdir / "server.log"
     command = [sys.executable, "-m", "parley", "serve"]
     proc = spawn(command, clean_env(env, source.path), workdir, log_path, cores)

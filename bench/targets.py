@@ -6,6 +6,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bench.harness import RunRecord
 from bench.metrics import KIB, MIB
@@ -470,6 +471,60 @@ def postgres_ttft_targets(res: Results) -> list[Verdict]:
     return [at_most(target, ratio(a, b), PG_TTFT_LIMIT, times, shown)]
 
 
+METRICS_CPU_LIMIT = 1.03  # server CPU per delta with the Prometheus metrics on ÷ PARLEY_METRICS=false (#15)
+
+
+def metrics_cpu_levels(res: Results) -> list[int]:
+    """The levels of the `metrics` cases run on both ``parley`` and ``nometrics``."""
+    both = [
+        set(r.level for r in res.records if r.scenario == "metrics" and r.server == k)
+        for k in ("parley", "nometrics")
+    ]
+    return sorted(both[0] & both[1])
+
+
+def metrics_targets(res: Results) -> list[Verdict]:
+    """Issue #15: metrics on ÷ ``PARLEY_METRICS=false``, side by side in the `metrics` scenario: each
+    kind's lowest CPU per delta over the repeats, divided (``best_shown``), the pairs' median beside it."""
+    if not res.has("metrics"):
+        return []
+    out = []
+    for level in metrics_cpu_levels(res) or [1, 100]:
+        pairs = paired(res, "metrics", level, "parley", "nometrics")
+        measured, shown = best_shown(pairs, us, ("metrics on", "off"))
+        chunks = value(res.find("metrics", "parley", level), "spec", "chunks")
+        chunks = 200 if math.isnan(chunks) else chunks
+        where = f"single stream, {chunks:.0f}-delta turns" if level == 1 else f"{level} unpaced streams"
+        target = (
+            f"server CPU per delta with metrics on ≤ {METRICS_CPU_LIMIT:.2f} × with `PARLEY_METRICS=false`, "
+            f"{where} (SQLite)"
+        )
+        out.append(at_most(target, measured, METRICS_CPU_LIMIT, fine_times, shown))
+    out.append(metrics_switch_verdict(res))
+    return out
+
+
+def metrics_probes(res: Results, kind: str) -> list[dict[str, Any]]:
+    """``GET /metrics`` read after each `metrics` run of ``kind`` (None where it was not read)."""
+    runs = [r for r in res.records if r.scenario == "metrics" and r.server == kind and r.ok]
+    return [r.metrics_probe or {} for r in runs]
+
+
+def metrics_switch_verdict(res: Results) -> Verdict:
+    """That the two kinds were what they say: `GET /metrics` after each run answered 200 with the run's
+    deltas counted on ``parley``, 404 on ``nometrics``."""
+    on, off = metrics_probes(res, "parley"), metrics_probes(res, "nometrics")
+    target = "the runs were what they say: `GET /metrics` answers 200 with deltas counted (on), 404 (off)"
+    if not on or not off:
+        return Verdict(target, "–", None)
+    counted = [p for p in on if p.get("status") == 200 and float(p.get("text_deltas") or 0) > 0]
+    refused = [p for p in off if p.get("status") == 404]
+    shown = f"on: {len(counted)}/{len(on)} runs 200 with deltas counted; "
+    shown += f"off: {len(refused)}/{len(off)} runs 404"
+    met = len(counted) == len(on) and len(refused) == len(off)
+    return Verdict(target, shown, met, "" if met else "a server ran with the wrong setting")
+
+
 def verdicts(res: Results) -> list[Verdict]:
     groups = (cpu_targets, throughput_targets, coalesce_targets, ttft_targets, cancel_targets, memory_targets)
     more = (
@@ -479,6 +534,7 @@ def verdicts(res: Results) -> list[Verdict]:
         resume_targets,
         scaleout_targets,
         postgres_ttft_targets,
+        metrics_targets,
     )
     return [v for group in (*groups, *more) for v in group(res)]
 
