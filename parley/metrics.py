@@ -25,19 +25,18 @@ import time
 
 import prometheus_client
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     multiprocess,
 )
+from prometheus_client.exposition import choose_encoder
 
 from parley.protocol import DELTAS
 
-__all__ = ["CONTENT_TYPE_LATEST", "DELTAS", "MULTIPROC_ENV", "Metrics"]
+__all__ = ["DELTAS", "MULTIPROC_ENV", "OFF", "Metrics"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_INTERVAL_S = 1.0
@@ -178,15 +177,17 @@ class Metrics:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             self.flush()
 
-    def exposition(self) -> bytes:
-        """The text a scrape gets: this process's metrics, or every worker's under ``--workers``."""
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """What a scrape gets, and its content type: this process's metrics, or every worker's under
+        ``--workers``, in the text format or, when ``accept`` asks for it, OpenMetrics."""
         self.flush()
+        encode, content_type = choose_encoder(accept)
         path = os.environ.get(MULTIPROC_ENV)
         if not path:
-            return generate_latest(REGISTRY)
+            return encode(REGISTRY), content_type
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        return encode(registry), content_type
 
 
 OFF = Metrics(enabled=False)

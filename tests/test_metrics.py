@@ -11,16 +11,16 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from parley.auth import mint_token
-from parley.metrics import CONTENT_TYPE_LATEST
 from tests.cluster_helpers import Cluster, cluster, redis_url
 from tests.conftest import LiveServer, fake_anthropic, live_server, make_settings, use_fake
 from tests.invariants import check_turn, kind_of
@@ -34,6 +34,7 @@ from tests.wsclient import ChatClient
 __all__ = ["cluster", "fake_anthropic", "redis_url"]  # fixtures
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
+PLAIN = "text/plain; version="  # Prometheus's text format (0.0.4, or 1.0.0 from prometheus-client 0.22 on)
 
 # Every metric the issue names (dashboards use these), with the labels each may carry.
 NAMED = {
@@ -84,7 +85,7 @@ async def scrape(url: str) -> Scrape:
     async with httpx.AsyncClient(timeout=10) as http:  # a new connection each time: any worker may answer
         response = await http.get(f"{url}/metrics")
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert response.headers["content-type"].startswith(PLAIN), response.headers["content-type"]
     return Scrape(response.text)
 
 
@@ -310,6 +311,25 @@ async def test_no_label_ever_holds_a_customer_session_or_request_id(sqlite_serve
         assert {label for label, _ in labels} <= NAMED[family], (name, labels)
 
 
+async def test_a_scraper_that_asks_for_openmetrics_gets_it_and_gzip_when_it_accepts_it(
+    sqlite_server: LiveServer,
+) -> None:
+    openmetrics = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    async with httpx.AsyncClient(base_url=sqlite_server.http_url, timeout=10) as http:
+        asked = await http.get("/metrics", headers={"Accept": openmetrics, "Accept-Encoding": "gzip"})
+        plain = await http.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert asked.status_code == plain.status_code == 200
+    assert asked.headers["content-type"].startswith("application/openmetrics-text")
+    assert asked.headers["content-encoding"] == "gzip"  # httpx unzipped .text
+    assert asked.text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(asked.text)}  # type: ignore[no-untyped-call]
+    assert families["parley_turns"].type == "counter"
+    assert families["parley_first_text_seconds"].type == "histogram"
+    assert "content-encoding" not in plain.headers
+    assert plain.headers["content-type"].startswith(PLAIN)
+    assert "parley_turns_total" in plain.text
+
+
 async def test_metrics_off_answers_404_and_turns_still_run(tmp_path: Path) -> None:
     async with live_server(make_settings(tmp_path, metrics=False)) as server:
         async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
@@ -379,17 +399,27 @@ def workers_of(parent: int) -> list[int]:
 
 
 async def clients_on_both(
-    cluster: Cluster, ws_url: str, metrics_dir: Path, workers: Iterable[int]
+    cluster: Cluster, ws_url: str, metrics_dir: Path, workers: list[int]
 ) -> list[ChatClient]:
-    """Open connections until each worker holds at least one (the kernel picks the worker)."""
-    clients: list[ChatClient] = []
-    wanted = set(workers)
-    for _ in range(60):
-        clients.append(await cluster.client(ws_url, "metrics-workers"))
+    """Connections held by each worker. The kernel hands a connection to whichever worker accepts first,
+    which can be the same one every time; a worker that already holds some is paused (SIGSTOP) while the
+    next ones are opened, so that the other must take them."""
+    clients = [await cluster.client(ws_url, "metrics-workers") for _ in range(3)]
+    for _ in range(len(workers)):
         held = per_worker(metrics_dir, "parley_connections_active", "gauge_livesum_*.db")
-        if {pid for pid, count in held.items() if count > 0} >= wanted and len(clients) >= 4:
+        busy = [pid for pid in workers if held.get(pid, 0) > 0]
+        if len(busy) == len(workers):
             return clients
-    pytest.fail(f"60 connections and not every worker got one: {held}")
+        for pid in busy:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            clients += [await cluster.client(ws_url, "metrics-workers") for _ in range(3)]
+        finally:
+            for pid in busy:
+                os.kill(pid, signal.SIGCONT)
+    held = per_worker(metrics_dir, "parley_connections_active", "gauge_livesum_*.db")
+    assert all(held.get(pid, 0) > 0 for pid in workers), f"connections per worker: {held}"
+    return clients
 
 
 async def test_with_two_workers_every_scrape_is_the_sum_and_a_dead_workers_counts_stay(
@@ -462,8 +492,9 @@ async def test_with_two_workers_every_scrape_is_the_sum_and_a_dead_workers_count
 def test_each_histogram_has_buckets_up_to_inf_and_a_sum() -> None:
     from parley import metrics
 
-    text = metrics.Metrics().exposition().decode()
-    now = Scrape(text)
+    body, content_type = metrics.Metrics().exposition()
+    assert content_type.startswith(PLAIN)
+    now = Scrape(body.decode())
     for histogram in HISTOGRAMS:
         assert key(f"{histogram}_bucket", le="+Inf") in now.samples, histogram
         assert key(f"{histogram}_sum") in now.samples, histogram

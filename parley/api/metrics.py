@@ -6,15 +6,23 @@ id. Keep it to the network Prometheus scrapes from (deploy/nginx.conf does not p
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import gzip
+
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from parley.api.deps import AppRuntime
-from parley.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter()
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(runtime: AppRuntime) -> Response:
-    return Response(runtime.services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request, runtime: AppRuntime) -> Response:
+    """The text format, or OpenMetrics when the scraper's ``Accept`` prefers it (Prometheus's default);
+    gzipped when it accepts that."""
+    body, content_type = runtime.services.metrics.exposition(request.headers.get("accept", ""))
+    headers = {"Vary": "Accept, Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(body, compresslevel=5)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=content_type, headers=headers)
