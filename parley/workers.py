@@ -1,15 +1,15 @@
 """``parley serve --workers N``: N server processes on one port, and a parent that keeps them running.
 
 The parent binds the socket and starts each worker with it (the ``spawn`` start method: a fresh
-interpreter, nothing inherited but the socket), so the kernel spreads connections over the workers. The
-workers share nothing in memory: they are the processes of a cluster (parley/cluster/), which is why N > 1
-needs Redis and PostgreSQL. SIGTERM or SIGINT to the parent is passed to every worker (as SIGTERM), and each
+interpreter, nothing inherited but the socket); each accepts from it, so a connection goes to whichever
+worker accepts it first (docs/deploy.md). The workers share nothing in memory: they are the processes of a
+cluster (parley/cluster/), which is why N > 1 needs Redis and PostgreSQL. SIGTERM or SIGINT to the parent is passed to every worker (as SIGTERM), and each
 drains its turns as a lone server would; a worker that dies otherwise is started again, and a worker whose
 parent was killed outright drains and exits.
 
-Metrics: the workers keep theirs in files of one directory (``PROMETHEUS_MULTIPROC_DIR``: the operator's,
-else a fresh temporary one, removed at the end), so that ``/metrics`` on any of them shows the sum
-(parley/metrics.py). The parent empties it before the first worker starts, and drops a dead worker's gauges.
+Metrics: the workers keep theirs in files of one directory (``PROMETHEUS_MULTIPROC_DIR``, set up by
+``metrics_directory`` before the server is imported), so that ``/metrics`` on any of them shows the sum
+(parley/metrics.py); the parent drops a dead worker's gauges.
 """
 
 from __future__ import annotations
