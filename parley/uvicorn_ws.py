@@ -265,8 +265,13 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if not self.handshake_initiated and self.conn.handshake_exc is not None:
-            self._refuse_head(self.conn.handshake_exc)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None and not self.close_sent:
+            self._refuse_head(self.conn.handshake_exc)  # uvicorn < 0.55, which left it unanswered
+
+    def handle_handshake_exception(self) -> None:
+        """uvicorn ≥ 0.55 answers a refused head itself, in websockets' plain text: ours instead."""
+        assert self.conn.handshake_exc is not None
+        self._refuse_head(self.conn.handshake_exc)
 
     def _refuse_head(self, exc: Exception) -> None:
         """websockets refused the upgrade's head (over 128 headers, or a line past its limit) and queued its
