@@ -195,12 +195,34 @@ def slow(quick: bool) -> Scenario:
     )
 
 
+def _cpu_cases(n: int, quick: bool, repeats: int) -> list[Case]:
+    """CPU per delta, two servers side by side: a single stream of 200-delta turns, and ``n`` unpaced
+    streams, each run ``repeats`` times over (fresh servers each time)."""
+    single_timing = {"warmup_s": 0.5, "measure_s": 2.0} if quick else {"warmup_s": 1.0, "measure_s": 6.0}
+    return [
+        Case(
+            "1 stream, 200 deltas",
+            1,
+            _stream(1, chunks=200, start_spread_s=0.0, **single_timing),
+            repeats=repeats,
+        ),
+        Case(
+            f"{n} streams",
+            n,
+            _stream(n, chunks=200, start_spread_s=1.0, **_sweep_timing(quick)),
+            repeats=repeats,
+        ),
+    ]
+
+
+def _sweep_timing(quick: bool) -> dict[str, float]:
+    return {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
+
+
 def resume(quick: bool) -> Scenario:
     """Turn event logs (parley/streams.py), three ways: CPU per delta beside the code before them, resume
     latency and replay rate, and memory per retained ended turn."""
     n = 50 if quick else 100
-    single_timing = {"warmup_s": 0.5, "measure_s": 2.0} if quick else {"warmup_s": 1.0, "measure_s": 6.0}
-    sweep_timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
     replay: dict[str, Any] = {
         "mode": "resume",
         "connections": 4,  # the resuming connections (same customer as the one that ran the turn)
@@ -222,13 +244,7 @@ def resume(quick: bool) -> Scenario:
     }
     repeats = 1 if quick else 5  # the CPU cases: the target's 10% is within one run's noise here
     cases = [
-        Case(
-            "1 stream, 200 deltas",
-            1,
-            _stream(1, chunks=200, start_spread_s=0.0, **single_timing),
-            repeats=repeats,
-        ),
-        Case(f"{n} streams", n, _stream(n, chunks=200, start_spread_s=1.0, **sweep_timing), repeats=repeats),
+        *_cpu_cases(n, quick, repeats),
         Case(f"resume a {RESUME_EVENTS:,}-delta turn", RESUME_EVENTS, replay, servers=("parley",)),
         Case(f"{phases[0][0]} ended turns kept", phases[0][0], retain, servers=("baseline", "parley")),
     ]
@@ -318,18 +334,8 @@ def metrics(quick: bool) -> Scenario:
     """Prometheus metrics (parley/metrics.py, issue #15): CPU per delta of Parley with them on (its default)
     ÷ with ``PARLEY_METRICS=false``, on SQLite, side by side in one run."""
     n = 50 if quick else 100
-    single_timing = {"warmup_s": 0.5, "measure_s": 2.0} if quick else {"warmup_s": 1.0, "measure_s": 6.0}
-    sweep_timing = {"warmup_s": 1.0, "measure_s": 2.0} if quick else {"warmup_s": 3.0, "measure_s": 8.0}
     repeats = 1 if quick else 5  # take each server's lowest of the repeats, as `resume` and `scaleout` do
-    cases = [
-        Case(
-            "1 stream, 200 deltas",
-            1,
-            _stream(1, chunks=200, start_spread_s=0.0, **single_timing),
-            repeats=repeats,
-        ),
-        Case(f"{n} streams", n, _stream(n, chunks=200, start_spread_s=1.0, **sweep_timing), repeats=repeats),
-    ]
+    cases = _cpu_cases(n, quick, repeats)
     return Scenario(
         "metrics",
         "Metrics: Prometheus on and off",
