@@ -42,7 +42,8 @@ log = logging.getLogger("parley.app")
 API_DESCRIPTION = """The REST API of Parley: sessions, history, search, export and import, models and tools.
 
 Chat turns stream over the WebSocket at `/chat/ws`, described as an AsyncAPI document at
-[/asyncapi.json](/asyncapi.json) (its prose: docs/protocol.md). Health: `/livez`, `/readyz`, `/healthz`.
+[/asyncapi.json](/asyncapi.json) (its prose: docs/protocol.md). Health: `/livez`, `/readyz`, `/healthz`;
+Prometheus metrics: `/metrics`.
 Every route under `/api/v1` takes `Authorization: Bearer <JWT>`."""
 
 
