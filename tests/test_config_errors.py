@@ -4,17 +4,19 @@ The line names the variable or file and what is wrong (for a database: host, por
 traceback unless ``--debug`` or ``PARLEY_LOG_LEVEL=debug`` asks for one.
 
 Each case is a real ``parley`` subprocess. Most of a case's time is the interpreter importing Parley, so
-the cases' subprocesses are all started at once, when the module's first test needs them (``ran``), each
-in a directory of its own; each test then checks its own case's result.
+the cases' subprocesses run side by side, a few at a time, when the module's first test needs them
+(``ran``), each in a directory of its own; each test then checks its own case's result.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,36 +105,29 @@ def cases(name: str, make: Callable[..., Case], **given: Any) -> None:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ran]]:
-    """Every case's ``parley``, started together and waited for; their results by case name."""
+    """Every case's ``parley``, a few at a time (enough to keep every core busy), waited for; their
+    results by case name."""
     with ExitStack() as stack:
-        started: dict[str, tuple[subprocess.Popen[str], Path, list[str], int]] = {}
-        try:
-            for name, prepare in CASES.items():
-                path = tmp_path_factory.mktemp(name)
-                if name in SILENT:
-                    port: int = stack.enter_context(closing(listening_socket())).getsockname()[1]
-                else:
-                    port = free_port()  # free a moment ago, nothing listens on it now
-                prepared = prepare(path, port)
-                proc = subprocess.Popen(
-                    [PARLEY, *prepared.args],
-                    env=prepared.env,
-                    cwd=path,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                started[name] = (proc, path, prepared.args, port)
-            results: dict[str, Ran] = {}
-            for name, (proc, path, args, port) in started.items():
-                stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-                completed = subprocess.CompletedProcess([PARLEY, *args], proc.returncode, stdout, stderr)
-                results[name] = Ran(completed, path, args, port)
-        finally:
-            for proc, *_ in started.values():  # only after a failure above: never leave one behind
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(5)
+        prepared: dict[str, tuple[Case, Path, int]] = {}
+        for name, prepare in CASES.items():
+            path = tmp_path_factory.mktemp(name)
+            if name in SILENT:
+                port: int = stack.enter_context(closing(listening_socket())).getsockname()[1]
+            else:
+                port = free_port()  # free a moment ago, nothing listens on it now
+            prepared[name] = (prepare(path, port), path, port)
+        with ThreadPoolExecutor(
+            max_workers=2 * (os.cpu_count() or 1), thread_name_prefix="parley-case"
+        ) as pool:
+            # subprocess.run kills its process on a timeout or any other exception: none is left behind.
+            running = {
+                name: pool.submit(parley, case.args, case.env, path)
+                for name, (case, path, _) in prepared.items()
+            }
+            results = {
+                name: Ran(running[name].result(), path, case.args, port)
+                for name, (case, path, port) in prepared.items()
+            }
         yield results
 
 
