@@ -22,7 +22,9 @@ LONG = {"text": TEXT, "chunks": 300, "delay_ms": 20}  # six seconds: still runni
 
 @pytest.fixture
 async def capped(tmp_path: Path) -> AsyncIterator[LiveServer]:
-    async with live_server(make_settings(tmp_path, max_turns_per_customer=3)) as live:
+    # The tests leave turns running; the server's stop need not give them the default 5 s to finish.
+    settings = make_settings(tmp_path, max_turns_per_customer=3, shutdown_grace_s=0.5)
+    async with live_server(settings) as live:
         yield live
 
 

@@ -18,7 +18,16 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Locator, Page, WebSocketRoute, async_playwright, expect
+import pytest_asyncio
+from playwright.async_api import (
+    Browser,
+    Locator,
+    Page,
+    Playwright,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
 
 from parley.connection import Connection
 from parley.uvicorn_ws import abort_transport
@@ -32,10 +41,12 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshot
 NUMBERS = TEXT.split()  # "0000" … "0299": every delta says where it belongs
 SLOW = {"text": TEXT, "chunks": 300, "delay_ms": 12}  # about 3.6 s
 
-pytestmark = pytest.mark.timeout(90)
+# One event loop for the module, so that one Chromium (launched once, below) serves every test; each test
+# still gets fresh browser contexts (their own storage) and its own server.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def chromium() -> Path:
     if not CHROMIUM.exists():
         message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
@@ -45,21 +56,53 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        # Wheel scrolls land at once, not over an animation that a re-render of the log could cut short.
-        launched = await playwright.chromium.launch(
-            executable_path=str(chromium), args=["--disable-smooth-scrolling"]
-        )
-        yield launched
-        await launched.close()
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def playwright() -> AsyncIterator[Playwright]:
+    async with async_playwright() as started:
+        yield started
 
 
-@pytest.fixture
+async def launch(playwright: Playwright, chromium: Path) -> Browser:
+    # Wheel scrolls land at once, not over an animation that a re-render of the log could cut short.
+    return await playwright.chromium.launch(
+        executable_path=str(chromium), args=["--disable-smooth-scrolling"]
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_browser(playwright: Playwright, chromium: Path) -> AsyncIterator[list[Browser]]:
+    """The module's Chromium (in a list, so that a test can replace one that crashed)."""
+    browsers = [await launch(playwright, chromium)]
+    yield browsers
+    await browsers[0].close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(
+    shared_browser: list[Browser], playwright: Playwright, chromium: Path
+) -> AsyncIterator[Browser]:
+    """The shared Chromium; the contexts (pages) a test opens are closed after it."""
+    if not shared_browser[0].is_connected():
+        shared_browser[0] = await launch(playwright, chromium)
+    launched = shared_browser[0]
+    before = set(launched.contexts)
+    yield launched
+    for context in launched.contexts:
+        if context not in before:
+            await context.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def dev(tmp_path: Path) -> AsyncIterator[LiveServer]:
     """A dev server (the page signs itself in), on SQLite."""
     async with live_server(make_settings(tmp_path, dev=True)) as live:
+        yield live
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def sqlite_server(tmp_path: Path) -> AsyncIterator[LiveServer]:
+    """As conftest's, on this module's event loop."""
+    async with live_server(make_settings(tmp_path)) as live:
         yield live
 
 
@@ -76,7 +119,7 @@ async def no_script_errors(page: Page) -> None:
     assert not errors, f"uncaught script errors: {errors}"
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def page(browser: Browser, dev: LiveServer) -> AsyncIterator[Page]:
     opened = await open_page(browser, dev.http_url + "/")
     await expect(message_box(opened)).to_be_visible()
