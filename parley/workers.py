@@ -3,9 +3,9 @@
 The parent binds the socket and starts each worker with it (the ``spawn`` start method: a fresh
 interpreter, nothing inherited but the socket); each accepts from it, so a connection goes to whichever
 worker accepts it first (docs/deploy.md). The workers share nothing in memory: they are the processes of a
-cluster (parley/cluster/), which is why N > 1 needs Redis and PostgreSQL. SIGTERM or SIGINT to the parent is passed to every worker (as SIGTERM), and each
-drains its turns as a lone server would; a worker that dies otherwise is started again, and a worker whose
-parent was killed outright drains and exits.
+cluster (parley/cluster/), which is why N > 1 needs Redis and PostgreSQL. SIGTERM or SIGINT to the parent
+is passed to every worker (as SIGTERM), and each drains its turns as a lone server would; a worker that
+dies otherwise is started again, and a worker whose parent was killed outright drains and exits.
 
 Metrics: the workers keep theirs in files of one directory (``PROMETHEUS_MULTIPROC_DIR``, set up by
 ``metrics_directory`` before the server is imported), so that ``/metrics`` on any of them shows the sum
