@@ -108,6 +108,10 @@ class TurnLog:
         "user_message_id",
     )
 
+    def last_seq(self) -> int:
+        """The seq of the last event logged so far (-1 before the first)."""
+        return self.next_seq - 1
+
     def __init__(self, streams: TurnStreams, customer_id: str, request_id: str) -> None:
         self._streams = streams
         self.customer_id = customer_id

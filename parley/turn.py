@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -103,8 +104,9 @@ class Turn:
         self.log.cancel = self.cancel
         self.log.stop = self.stop
         self.events = TurnEmitter(self.log, self.request_id)
-        self.events.on_first_text = self._first_text
         self.arrived = time.perf_counter()  # the request's arrival: what its metrics measure from
+        # Not a method of this turn: the emitter must not hold the turn (a cycle keeps it for the GC to find).
+        self.events.on_first_text = partial(services.metrics.first_text, self.arrived)
         self._cancel_asked: float | None = None
         self._provider: str | None = None  # the provider's name, once the model resolved
         self.cancel_requested = False
@@ -142,9 +144,6 @@ class Turn:
         self.events.cancelled(self.stop_code)
         if self.stop_code is None and self._cancel_asked is not None:
             self.services.metrics.cancelled(self._cancel_asked)
-
-    def _first_text(self) -> None:
-        self.services.metrics.first_text(self.arrived)
 
     def _overtime(self) -> None:
         """Running longer than ``PARLEY_MAX_TURN_S``: stopped as a cancel stops it, told apart by its code."""
@@ -221,7 +220,7 @@ class Turn:
         answer = self._answer
         assert answer is not None
         steps = self._loop.stored() if self._loop is not None else None
-        return LiveAnswer(answer.content, answer.reasoning_text, steps, self.log.next_seq - 1)
+        return LiveAnswer(answer.content, answer.reasoning_text, steps, self.log.last_seq())
 
     # -- stages ------------------------------------------------------------------------------------
 
@@ -348,11 +347,8 @@ class Turn:
             max_steps=step_limit(request.user_settings.text.max_steps, settings.max_tool_steps),
             store=self.services.store,
             message_id=record.ai_message_id,
-            seq=self._last_seq,
+            seq=self.log.last_seq,  # the log's, not this turn's: the loop must not hold the turn
         )
-
-    def _last_seq(self) -> int:
-        return self.log.next_seq - 1
 
     async def _stream(self, request: ProviderRequest, resolved: Resolved) -> TurnStatus | ParleyError:
         """Stream the answer in the turn's own task: no task to start, so under load the first text is a
@@ -366,7 +362,7 @@ class Turn:
         streamer = loop.streamer if loop is not None else self._streamer(resolved, answer)
         settings = self.services.settings
         checkpoints = Checkpointer(
-            self.services.store, record_id, answer, settings.checkpoint_interval_s, self._last_seq
+            self.services.store, record_id, answer, settings.checkpoint_interval_s, self.log.last_seq
         )
         task = asyncio.current_task()
         assert task is not None
@@ -381,11 +377,13 @@ class Turn:
             if not self.events.cut:
                 raise
         except ParleyError as exc:
-            outcome = exc
+            # Its traceback holds this frame, which holds it: a cycle that would keep the ended turn for
+            # the cyclic GC. What it says is all the turn uses; its cause's traceback is kept for logs.
+            outcome = exc.with_traceback(None)
         except Exception as exc:  # a tool loop's own failure, beyond any one tool's
             log.exception("turn %s: the tool loop failed", self.request_id)
             outcome = ProviderFailed("The model provider failed.")
-            outcome.__cause__ = exc
+            outcome.__cause__ = exc.with_traceback(None)
         finally:
             self._streaming = None
             await checkpoints.stop()
@@ -424,7 +422,7 @@ class Turn:
                 status=status,
                 usage=usage,
                 error_code=error_code,
-                seq=self._last_seq(),
+                seq=self.log.last_seq(),
                 tool_steps=loop.stored() if loop is not None else None,
             )
         except DatabaseFailed as exc:
