@@ -83,6 +83,11 @@ RESUMES = Counter(
     "resume frames answered: replayed (the events after after_seq were sent) or expired (stream_expired).",
     ["outcome"],
 )
+INTERRUPTED = Counter(
+    "parley_turns_interrupted_total",
+    "Answers a stopped server process left streaming, closed as interrupted by this one (from their logs "
+    "over Redis, or by the database sweep); the stopped process never counted them as ended.",
+)
 PROVIDER_ERRORS = Counter(
     "parley_provider_errors_total", "Turns that ended with a provider's error, by its code.", ["code"]
 )
@@ -144,6 +149,10 @@ class Metrics:
     def provider_error(self, code: str) -> None:
         if self.enabled:
             PROVIDER_ERRORS.labels(code).inc()
+
+    def interrupted(self, closed: int) -> None:
+        if self.enabled and closed:
+            INTERRUPTED.inc(closed)
 
     def resume(self, outcome: str) -> None:
         if self.enabled:

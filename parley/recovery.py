@@ -122,6 +122,7 @@ class Lease:
         if closed:
             log.warning("closed %d answer(s) left streaming by a server process that stopped", closed)
             self.closed += closed
+            self._store.metrics.interrupted(closed)
         return closed
 
     async def stop(self) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from tests.cluster_helpers import Cluster, cluster, redis_url
 from tests.invariants import Frame, check_turn, kind_of
+from tests.metrics_helpers import scrape
 from tests.resume_helpers import as_camel, resume_frame, text_of, until_seq
 from tests.test_cli import ServeProcess
 from tests.wsclient import ChatClient
@@ -184,6 +185,10 @@ async def test_kill_9_of_the_owner_ends_its_turns_for_followers_elsewhere_with_a
         assert answer["content"] == summary.text, "stored text = streamed text, not the last checkpoint"
         assert len(summary.text) > 0
         await follower.close()
+    # B closed them (from their logs, as it followed them): counted there, as ended turns A never counted
+    now = await scrape(b.http_url)
+    assert now.get("parley_turns_interrupted_total") == 3
+    assert now.get("parley_resumes_total", outcome="replayed") == 3
 
 
 async def test_a_hung_owner_loses_its_turns_within_the_lease_and_cannot_write_after(cluster: Cluster) -> None:

@@ -38,6 +38,7 @@ from parley.store.tables import ChatSession, Message, ServerProcess, utcnow
 from parley.store.turns import StartTurn, TurnRecord
 from tests.conftest import SECRET
 from tests.invariants import Frame
+from tests.metrics_helpers import scrape
 from tests.test_cli import ServeProcess, cli_env, free_port
 from tests.wsclient import ChatClient
 
@@ -330,6 +331,9 @@ async def test_kill_9_mid_stream_then_a_restart_closes_every_answer_as_interrupt
         refused = await client.next_other()
     assert (refused["type"], refused["code"], refused["request_id"]) == ("error", "stream_expired", old)
     assert "seq" not in refused
+    now = await scrape(second.http_url)  # closed by the second's sweep: its metrics count them
+    assert now.get("parley_turns_interrupted_total") == TURNS
+    assert now.get("parley_resumes_total", outcome="expired") == 1
 
 
 # -- 2. a live process's turns are never closed by another ----------------------------------------

@@ -100,7 +100,11 @@ class Takeover:
         session = meta.get(b"session", b"").decode()
         args = [process_id, self.me, next_seq, len(closing.bodies), bytes(closing.kinds), ends, joined]
         args += [self.ended_ttl_ms, session, int(meta.get(b"session_seq", b"0"))]
-        return 1 if await self.link.script("takeover", keys, args) == 1 else 0
+        if await self.link.script("takeover", keys, args) != 1:
+            return 0
+        if stored is None or stored[0] not in ("completed", "cancelled"):  # not finished after all
+            self.store.metrics.interrupted(1)
+        return 1
 
     async def _close_answer(
         self, meta: dict[bytes, bytes], answer: LiveAnswer
