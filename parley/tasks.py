@@ -11,7 +11,7 @@ log = logging.getLogger("parley.tasks")
 
 
 class Cancellable(Protocol):
-    def cancel(self) -> None: ...
+    def cancel(self, by_client: bool = True) -> None: ...
 
 
 class Flushable(Protocol):
@@ -83,7 +83,7 @@ class Supervisor:
         if self.running:
             log.warning("cancelling %d turn(s); their partial answers are kept", len(self.running))
             for turn in list(self.running):
-                turn.cancel()
+                turn.cancel(by_client=False)
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._tasks:

@@ -116,7 +116,7 @@ class Turn:
         self._answer: Answer | None = None
         self._loop: ToolLoop | None = None
 
-    def cancel(self) -> None:
+    def cancel(self, by_client: bool = True) -> None:
         """Stop streaming now; before streaming starts, stop it from starting. After it, no effect.
 
         A streaming turn says ``cancelled`` here and now, from the caller's task (the reader of whichever
@@ -125,7 +125,7 @@ class Turn:
         down, which under load is a few turns of a busy event loop later. The streaming task is then
         cancelled, and takes the cancellation back (``_stream``).
         """
-        if not self.cancel_requested:
+        if not self.cancel_requested and by_client:  # a shutdown's cancel is not in parley_cancel_seconds
             self._cancel_asked = time.perf_counter()
         self.cancel_requested = True
         streaming = self._streaming
