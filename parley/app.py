@@ -75,9 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if settings.redis_url:
                     lease_s, ttl_s = settings.owner_lease_s, settings.resume_ttl_s
                     cluster = Cluster(settings.redis_url, streams, store, store.owner_id, lease_s, ttl_s)
-                services = TurnServices(
-                    settings, store, registry, streams, supervisor, tools, cluster, metrics
-                )
+                services = TurnServices(settings, store, registry, streams, supervisor, tools, cluster)
                 runtime = Runtime(settings, verifier, services, supervisor, mcp)
                 lease = Lease(
                     store,

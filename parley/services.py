@@ -11,7 +11,7 @@ from starlette.requests import HTTPConnection
 
 from parley.auth import TokenVerifier
 from parley.config import Settings
-from parley.metrics import OFF, Metrics
+from parley.metrics import Metrics
 from parley.protocol import EventLog
 from parley.providers.registry import ModelRegistry
 from parley.store.repository import Store
@@ -43,7 +43,11 @@ class TurnServices:
     supervisor: Supervisor | None = None  # owns work that outlives a turn (model-written titles)
     tools: ToolRegistry = field(default_factory=ToolRegistry)  # built-ins and MCP tools, for agentic turns
     cluster: Cluster | None = None  # with PARLEY_REDIS_URL: the other processes' turns (parley/cluster/)
-    metrics: Metrics = OFF  # what /metrics shows (parley/metrics.py); off unless the app turns it on
+
+    @property
+    def metrics(self) -> Metrics:
+        """What /metrics shows (parley/metrics.py): the store's, which times the writes too."""
+        return self.store.metrics
 
 
 @dataclass

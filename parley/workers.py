@@ -71,13 +71,6 @@ def bind(settings: Settings) -> socket.socket:
     return sock
 
 
-def run_workers(settings: Settings, workers: int, updates: dict[str, Any]) -> int:
-    """Run ``workers`` server processes until SIGTERM/SIGINT; 0 when every one drained and exited cleanly.
-    Inside ``metrics_directory`` (the caller's), so that the workers' metrics add up."""
-    given = os.environ.get(MULTIPROC_ENV) if settings.metrics else None
-    return _run(settings, workers, updates, Path(given) if given else None)
-
-
 @contextlib.contextmanager
 def metrics_directory(enabled: bool, workers: int) -> Iterator[None]:
     """Where the processes of this ``parley serve`` keep their metrics, set up before parley.metrics is
@@ -101,7 +94,11 @@ def metrics_directory(enabled: bool, workers: int) -> Iterator[None]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _run(settings: Settings, workers: int, updates: dict[str, Any], metrics_dir: Path | None) -> int:
+def run_workers(settings: Settings, workers: int, updates: dict[str, Any]) -> int:
+    """Run ``workers`` server processes until SIGTERM/SIGINT; 0 when every one drained and exited cleanly.
+    Inside ``metrics_directory`` (the caller's), so that the workers' metrics add up."""
+    given = os.environ.get(MULTIPROC_ENV) if settings.metrics else None
+    metrics_dir = Path(given) if given else None
     sock = bind(settings)
     context = multiprocessing.get_context("spawn")
     stopping = False

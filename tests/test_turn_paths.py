@@ -865,6 +865,9 @@ async def test_an_ended_turn_is_freed_at_once_without_the_cycle_collector(
         await client.wait_for(rid, "text")
         (turn,) = sqlite_server.runtime.supervisor.running
         ref = weakref.ref(turn)
+        freed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        weakref.finalize(turn, loop.call_soon_threadsafe, freed.set)
         del turn
         gc.disable()
         try:
@@ -872,11 +875,10 @@ async def test_an_ended_turn_is_freed_at_once_without_the_cycle_collector(
                 await client.send({"type": "cancel", "request_id": rid})
             status = check_turn(await client.events(rid)).status
             assert status == ("completed" if end == "agentic" else end)
-            for _ in range(50):
-                if ref() is None:
-                    break
-                await asyncio.sleep(0.02)
-            held = [type(r).__name__ for r in gc.get_referrers(ref())] if ref() is not None else []
-            assert ref() is None, f"the ended turn is still referred to by {held}"
+            try:  # its task ends just after its last event: then its last reference goes
+                await asyncio.wait_for(freed.wait(), 2)
+            except TimeoutError:
+                held = [type(r).__name__ for r in gc.get_referrers(ref())] if ref() is not None else []
+                pytest.fail(f"the ended turn is still referred to by {held}")
         finally:
             gc.enable()
